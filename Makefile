@@ -1,0 +1,40 @@
+# Front door: `make run` (main job) and `make test` (tests). Both bootstrap .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA   ?= cifar10
+CONFIG ?= configs/fast-cpu.yaml
+OUT    ?= runs/main
+ARGS   ?=
+
+.PHONY: install run run-seed test bench bench-budget clean
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml changes or the venv is missing.
+# torch/torchvision are pinned to the releases on this machine's disk (a bare `torch` would pull a CUDA build).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/crlf run --config $(CONFIG) --data $(DATA) --out $(OUT) $(ARGS)
+
+run-seed: install
+	$(VENV)/bin/crlf run --config configs/seed.yaml --data $(DATA) --out runs/seed $(ARGS)
+
+test: install
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+bench: install
+	$(PY) bench/throughput.py $(ARGS)
+
+bench-budget: install
+	$(PY) bench/budget.py --data $(DATA) $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

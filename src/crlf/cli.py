@@ -1,0 +1,189 @@
+"""Command line: argument parsing only; the work happens in the modules it calls.
+
+    crlf run       --config configs/fast-cpu.yaml --data cifar10 --out runs/r1   # pretrain + evaluate + plot
+    crlf pretrain  --config configs/seed.yaml --data ../shared/data/cifar10-jpeg.tar.gz --out runs/seed
+    crlf evaluate  runs/r1
+    crlf plot      runs/r1
+    crlf embed     runs/r1 --data my_images/ --out emb.npy
+
+Exit codes: 0 done, 1 training stopped (non-finite loss, out of memory), 2 bad input,
+130 / 143 interrupted by SIGINT / SIGTERM after writing a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import warnings
+from pathlib import Path
+
+from crlf.errors import Interrupted, TrainingStopped, UsageError
+
+# flag -> (config section, key)
+TRAIN_FLAGS = {
+    "data": ("data", "source"),
+    "limit": ("data", "limit"),
+    "on_bad_image": ("data", "on_bad_image"),
+    "backend": ("augment", "backend"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("optim", "lr"),
+    "temperature": ("method", "temperature"),
+    "device": ("train", "device"),
+    "seed": ("train", "seed"),
+    "threads": ("train", "threads"),
+    "precision": ("train", "precision"),
+    "eval_every": ("train", "eval_every"),
+    "checkpoint_every_steps": ("train", "checkpoint_every_steps"),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with a "did you mean" for unknown flags, and no prefix-guessing of flags."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            parser = getattr(parsed, "_parser", self)
+            options = [o for action in parser._actions for o in action.option_strings]
+            flag = unknown[0].split("=")[0]
+            close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else f" See: crlf {getattr(parsed, 'command', '')} --help"
+            raise UsageError(f"unrecognised argument '{unknown[0]}'.{hint}")
+        return parsed
+
+
+def _add_train_flags(p: argparse.ArgumentParser, with_out: bool = True) -> None:
+    p.add_argument("--config", type=Path, help="YAML config (configs/seed.yaml, configs/fast-cpu.yaml, ...)")
+    p.add_argument("--data", help="cifar10 | cifar100 | image folder | .tar/.tar.gz/.zip archive of one")
+    if with_out:
+        p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (default: runs/latest)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit", type=int, help="class-balanced subset of N training images")
+    p.add_argument("--backend", choices=["tensor", "pil"], help="augmentation backend")
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--eval-every", type=int, help="online kNN monitor every N epochs (0: off)")
+    p.add_argument("--checkpoint-every-steps", type=int, help="also checkpoint every N steps within an epoch")
+    p.add_argument("--on-bad-image", choices=["error", "skip"], help="stop at a bad image (default) or skip it")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue the run in --out (or from this checkpoint file)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="crlf", description="Contrastive Representation Learning Framework (SimCLR).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, help_text in (("pretrain", "pretrain an encoder without labels"),
+                            ("run", "pretrain, evaluate and plot: the whole job")):
+        p = sub.add_parser(name, help=help_text)
+        _add_train_flags(p)
+        p.set_defaults(_parser=p)
+    p = sub.add_parser("evaluate", help="linear probe, kNN and confusion matrix of a run -> metrics.json")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data", help="evaluate on another copy of the same data")
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(_parser=p)
+    p = sub.add_parser("plot", help="loss curve, PCA, t-SNE and confusion matrix PNGs of a run")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(_parser=p)
+    p = sub.add_parser("embed", help="frozen-encoder features of any images -> .npy")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data", required=True, help="image folder or archive (or cifar10)")
+    p.add_argument("--out", type=Path, required=True, help="output .npy")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(_parser=p)
+    return parser
+
+
+def train_overrides(args: argparse.Namespace) -> dict:
+    overrides: dict = {}
+    for flag, (section, key) in TRAIN_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def _pretrain(args: argparse.Namespace) -> Path:
+    from crlf.config import load_config
+    from crlf.train import pretrain
+
+    overrides = train_overrides(args)
+    resume = args.resume if args.resume is True or not args.resume else Path(args.resume)
+    cfg = load_config(args.config, overrides)
+    return pretrain(cfg, args.out, resume=resume, progress=not args.quiet, cli_overrides=overrides)
+
+
+def _evaluate(run_dir: Path, data=None, device=None, quiet=False) -> dict:
+    from crlf.pipeline import evaluate_run
+
+    m = evaluate_run(run_dir, data=data, device=device, progress=not quiet)
+    print(f"linear top-1 {m['linear_top1']:.2%} | kNN top-1 (k={m['knn']['k']}) {m['knn_top1']:.2%} | "
+          f"kNN top-1 (k=20) {m['knn_top1_k20']:.2%} on {m['data']} "
+          f"({m['num_train']:,} train / {m['num_test']:,} test images); metrics in {run_dir / 'metrics.json'}")
+    return m
+
+
+def _plot(run_dir: Path) -> None:
+    from crlf.plots import plot_run
+
+    for path in plot_run(run_dir):
+        print(f"wrote {path}")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "pretrain":
+        run_dir = _pretrain(args)
+        print(f"pretraining done; weights in {run_dir / 'encoder.safetensors'}")
+    elif args.command == "run":
+        run_dir = _pretrain(args)
+        m = _evaluate(run_dir, quiet=args.quiet)
+        _plot(run_dir)
+        print(f"done in {m['pretrain_time_s']:.0f} s pretraining + {m['eval_time_s']:.0f} s evaluation: "
+              f"linear top-1 {m['linear_top1']:.2%} on {m['data']}; artefacts in {run_dir}/")
+    elif args.command == "evaluate":
+        _evaluate(args.run_dir, args.data, args.device, args.quiet)
+    elif args.command == "plot":
+        _plot(args.run_dir)
+    elif args.command == "embed":
+        from crlf.pipeline import embed_source
+
+        info = embed_source(args.run_dir, args.data, args.out, args.device, progress=not args.quiet)
+        print(f"wrote {info['count']:,} embeddings of dimension {info['dim']} to {info['embeddings']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"crlf: warning: {msg}\n"
+    try:
+        args = build_parser().parse_args(argv)
+        return dispatch(args)
+    except UsageError as exc:
+        print(f"crlf: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingStopped as exc:
+        print(f"crlf: training stopped: {exc}", file=sys.stderr)
+        return 1
+    except Interrupted as exc:
+        print(f"crlf: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("crlf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data sources (decoded, cached uint8 arrays) and batched augmentations."""

@@ -1,0 +1,102 @@
+"""Run-folder level jobs: evaluate a finished run, embed any images, and the end-to-end ``run``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import save as safetensors_bytes
+
+from crlf.config import Config, apply_overrides, load_config, to_dict
+from crlf.data.sources import balanced_subset, load_dataset
+from crlf.errors import UsageError
+from crlf.evaluate import evaluate_features, extract_features, freeze
+from crlf.export import save_array
+from crlf.io import atomic_write_bytes, atomic_write_json
+from crlf.models.encoder import ResNetEncoder
+from crlf.runtime import environment_record, resolve_device
+
+
+def run_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"'{run_dir}' is not a CRLF run folder (no config.yaml). Run crlf pretrain --out {run_dir} first.")
+    return load_config(path)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = None, progress: bool = True) -> dict:
+    """Features of un-augmented train/test images -> metrics.json, embeddings .npy, linear probe weights."""
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    if data is not None:
+        cfg = apply_overrides(cfg, {"data": {"source": data}}, origin="--data")
+    dev = resolve_device(device or cfg.train.device)
+    t0 = time.perf_counter()
+    encoder = freeze(ResNetEncoder.from_pretrained(run_dir).to(dev))
+    dataset = load_dataset(cfg.data.source, cfg.data.image_size, cfg.data.on_bad_image, progress=progress)
+    if dataset.test is None:
+        raise UsageError(f"'{cfg.data.source}' has no test split (test/<class>/...); evaluation needs one.")
+    if not dataset.classes:
+        raise UsageError(f"'{cfg.data.source}' has no class folders; evaluation needs labelled images.")
+    # The same class-balanced subset that pretraining saw; the test split always in full.
+    train = balanced_subset(dataset.train, cfg.data.limit, seed=cfg.train.seed)
+    mean, std = cfg.augment.mean, cfg.augment.std
+    train_x = extract_features(encoder, train.images, mean, std, dev, progress=progress, desc="train features")
+    test_x = extract_features(encoder, dataset.test.images, mean, std, dev, progress=progress, desc="test features")
+    t_features = time.perf_counter() - t0
+    metrics, probe = evaluate_features(train_x, train.labels, test_x, dataset.test.labels, dataset.classes,
+                                       cfg.eval.knn_k, cfg.eval.knn_temperature, cfg.eval.linear_max_iter,
+                                       cfg.train.seed)
+    for name, array in (("train_embeddings", train_x), ("test_embeddings", test_x),
+                        ("train_labels", train.labels), ("test_labels", dataset.test.labels)):
+        save_array(run_dir / f"{name}.npy", array)
+    probe_tensors = {"weight": probe.weight, "bias": probe.bias, "mean": probe.mean, "std": probe.std}
+    atomic_write_bytes(run_dir / "linear_probe.safetensors",
+                       safetensors_bytes(probe_tensors, metadata={"classes": json.dumps(dataset.classes)}))
+    history = read_history(run_dir)
+    metrics |= {
+        "data": dataset.description,
+        "data_source": cfg.data.source,
+        "data_checksum": dataset.checksum,
+        "seed": cfg.train.seed,
+        "epochs": len(history),
+        "pretrain_time_s": round(sum(r["epoch_time_s"] for r in history), 1),
+        "eval_features_s": round(t_features, 2),
+        "eval_time_s": round(time.perf_counter() - t0, 2),
+        **environment_record(dev),
+        "config": to_dict(cfg),
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def embed_source(run_dir: Path, data: str, out: Path, device: str = "auto", progress: bool = True) -> dict:
+    """Frozen-encoder features of every image in ``data`` -> ``out`` (.npy), plus labels and file names."""
+    run_dir, out = Path(run_dir), Path(out)
+    if out.suffix != ".npy":
+        raise UsageError(f"--out must end in .npy (got '{out}').")
+    cfg = run_config(run_dir)
+    dev = resolve_device(device)
+    encoder = freeze(ResNetEncoder.from_pretrained(run_dir).to(dev))
+    dataset = load_dataset(data, cfg.data.image_size, cfg.data.on_bad_image, progress=progress)
+    splits = [("train", dataset.train)] + ([("test", dataset.test)] if dataset.test is not None else [])
+    features, labels, files = [], [], []
+    for name, split in splits:
+        features.append(extract_features(encoder, split.images, cfg.augment.mean, cfg.augment.std, dev,
+                                         progress=progress, desc=f"embedding {name}"))
+        labels.append(split.labels)
+        files += [f"{name}/{f}" for f in split.files] if split.files else [f"{name}/{i}" for i in range(len(split))]
+    stem = out.with_suffix("")
+    save_array(out, np.concatenate(features))
+    save_array(Path(f"{stem}_labels.npy"), np.concatenate(labels))
+    atomic_write_json(Path(f"{stem}_files.json"), {"classes": dataset.classes, "files": files})
+    return {"embeddings": str(out), "count": len(files), "dim": int(features[0].shape[1])}

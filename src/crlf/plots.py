@@ -1,0 +1,111 @@
+"""Figures of a run (matplotlib, headless): loss curve, PCA and t-SNE of the test embeddings, confusion matrix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from crlf.errors import UsageError  # noqa: E402
+from crlf.export import load_array  # noqa: E402
+from crlf.io import atomic_open  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def loss_curve(history: list[dict], step_losses: np.ndarray | None, path: Path, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if step_losses is not None and len(step_losses):
+        steps_per_epoch = history[0].get("steps", len(step_losses) / max(1, len(history))) if history else 1
+        x = np.arange(1, len(step_losses) + 1) / steps_per_epoch
+        ax.plot(x, step_losses, color="tab:blue", alpha=0.3, lw=0.8, label="per step")
+    if history:
+        ax.plot([r["epoch"] for r in history], [r["loss"] for r in history], "o-", color="tab:blue", label="epoch mean")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("NT-Xent loss")
+    ax.grid(alpha=0.3)
+    knn = [(r["epoch"], r["knn_top1"]) for r in history if r.get("knn_top1") is not None]
+    if knn:  # the online kNN monitor, on a second axis
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*knn), "s--", color="tab:orange", label="kNN top-1 (monitor)")
+        ax2.set_ylabel("kNN top-1")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left" if knn else "best")
+    ax.set_title(title or "Pretraining loss")
+    return _save(fig, path)
+
+
+def _scatter(points: np.ndarray, labels: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for c, name in enumerate(classes):
+        sel = labels == c
+        ax.scatter(points[sel, 0], points[sel, 1], s=4, alpha=0.6, color=cmap(c % cmap.N), label=name)
+    ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def pca_embedding(emb: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, data: str = "") -> Path:
+    points = PCA(n_components=2, random_state=0).fit_transform(emb)
+    return _scatter(points, labels, classes, f"PCA of {len(emb):,} test embeddings\n{data}", path)
+
+
+def tsne_embedding(emb: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, data: str = "",
+                   max_points: int = 2000, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(emb), size=min(max_points, len(emb)), replace=False))
+    perplexity = min(30.0, max(2.0, (len(idx) - 1) / 3))
+    points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(emb[idx])
+    note = f"random subsample of {len(idx):,} of {len(emb):,} test embeddings" if len(idx) < len(emb) else f"{len(idx):,} test embeddings"
+    return _scatter(points, labels[idx], classes, f"t-SNE, {note}\n{data}", path)
+
+
+def confusion_matrix_plot(cm: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ConfusionMatrixDisplay(np.asarray(cm), display_labels=classes).plot(
+        ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False, values_format="d")
+    ax.set_title(title or "Linear probe confusion matrix (test)")
+    return _save(fig, path)
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Every figure of a run into ``run_dir/plots``; the embedding figures need ``crlf evaluate`` first."""
+    from crlf.pipeline import read_history
+
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    history = read_history(run_dir)
+    if not history:
+        raise UsageError(f"'{run_dir}' has no metrics.jsonl; run crlf pretrain --out {run_dir} first.")
+    losses_path = run_dir / "step_losses.npy"
+    step_losses = load_array(losses_path) if losses_path.exists() else None
+    written = [loss_curve(history, step_losses, plots / "loss_curve.png")]
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        raise UsageError(f"'{run_dir}' has no metrics.json; run crlf evaluate {run_dir} before crlf plot.")
+    metrics = json.loads(metrics_path.read_text())
+    classes, data = metrics["classes"], metrics.get("data", "")
+    emb, labels = load_array(run_dir / "test_embeddings.npy"), load_array(run_dir / "test_labels.npy")
+    written.append(pca_embedding(emb, labels, classes, plots / "pca_embedding.png", data))
+    written.append(tsne_embedding(emb, labels, classes, plots / "tsne_embedding.png", data))
+    title = f"Linear probe on {data}: top-1 {metrics['linear_top1']:.1%}"
+    written.append(confusion_matrix_plot(np.asarray(metrics["confusion_matrix"]), classes,
+                                         plots / "confusion_matrix.png", title))
+    return written

@@ -1,0 +1,298 @@
+"""The pretraining loop: seeded, resumable at any step, with progress, metrics and atomic checkpoints.
+
+Per step: index a batch of uint8 images (``randperm``), build two views on the device, run the encoder
+once on both views (BatchNorm sees them together), project, NT-Xent in fp32, optimiser step.
+No DataLoader: the decoded dataset is a single uint8 tensor, and on 2 CPU cores worker processes
+would only fight the model for the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from crlf import faults
+from crlf.checkpoint import LATEST, find_resumable, restore_rng_state, rng_state, save_checkpoint
+from crlf.config import Config, apply_overrides, save_config, to_dict
+from crlf.data.augment import build_augment
+from crlf.data.sources import Dataset, balanced_subset, load_dataset
+from crlf.errors import Interrupted, TrainingStopped, UsageError
+from crlf.export import export_encoder, save_array
+from crlf.io import atomic_write_text
+from crlf.methods.simclr import NTXentLoss
+from crlf.models.encoder import ResNetEncoder
+from crlf.models.heads import ProjectionHead
+from crlf.runtime import environment_record, resolve_device
+
+COLLAPSE_STD_FRACTION = 0.1  # warn when the embedding std falls below 10 % of a uniform spread (1/sqrt(D))
+
+
+@dataclass
+class Progress:
+    """Everything that changes during training, besides module and optimiser state."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps finished within the current epoch
+    global_step: int = 0
+    perm: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))  # this epoch's order
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
+    step_losses: list[float] = field(default_factory=list)
+    train_time_s: float = 0.0
+    epoch_loss_sum: float = 0.0
+    epoch_std_sum: float = 0.0
+    epoch_time_s: float = 0.0
+
+
+def build_models(cfg: Config) -> tuple[ResNetEncoder, ProjectionHead]:
+    encoder = ResNetEncoder(cfg.model.arch, cfg.model.stem)
+    head = ProjectionHead(encoder.feature_dim, cfg.model.proj_hidden_dim, cfg.model.proj_out_dim,
+                          cfg.model.proj_dropout, cfg.model.proj_batchnorm)
+    return encoder, head
+
+
+def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
+
+
+def learning_rate(cfg: Config, global_step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then constant or cosine decay to zero, per step."""
+    total = cfg.train.epochs * steps_per_epoch
+    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    if global_step < warmup:
+        return cfg.optim.lr * (global_step + 1) / warmup
+    if cfg.optim.schedule == "constant":
+        return cfg.optim.lr
+    progress = (global_step - warmup) / max(1, total - warmup)
+    return cfg.optim.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed + 1)  # the augmentation / permutation stream
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM only set a flag: the loop finishes its step, checkpoints, then stops."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and (run_dir / LATEST).exists():
+        raise UsageError(
+            f"'{run_dir}' already holds a run ({LATEST}). Pass --resume to continue it, or choose a new --out; "
+            f"nothing was overwritten."
+        )
+
+
+def load_training_data(cfg: Config, progress: bool = True) -> tuple[Dataset, torch.Tensor]:
+    dataset = load_dataset(cfg.data.source, cfg.data.image_size, cfg.data.on_bad_image, progress=progress)
+    train = balanced_subset(dataset.train, cfg.data.limit, seed=cfg.train.seed)
+    if len(train) < cfg.train.batch_size:
+        raise UsageError(
+            f"the training split has {len(train)} images, fewer than train.batch_size={cfg.train.batch_size}; "
+            f"lower --batch-size or raise --limit."
+        )
+    return dataset, torch.from_numpy(train.images)  # (N, 3, H, W) uint8
+
+
+def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: bool = True,
+             cli_overrides: dict | None = None) -> Path:
+    """Pretrain an encoder into ``run_dir``; returns ``run_dir``. ``resume`` is True or a checkpoint path."""
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, bool(resume))
+    checkpoint = None
+    if resume:
+        explicit = resume if isinstance(resume, Path) else None
+        checkpoint, checkpoint_path = find_resumable(run_dir, explicit)
+        from crlf.config import Config as _Config  # the run's own config, then any new flags (e.g. --epochs)
+
+        cfg = apply_overrides(_Config(), checkpoint["config"], origin=f"'{checkpoint_path}'")
+        if cli_overrides:
+            cfg = apply_overrides(cfg, cli_overrides, origin="the command line")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    aug_gen = seed_everything(cfg.train.seed)
+    dataset, images = load_training_data(cfg, progress)
+    if dataset.skipped:
+        atomic_write_text(run_dir / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in dataset.skipped))
+    images = images.to(device)  # resident on the device as uint8: 150 MB for CIFAR-10
+    save_config(cfg, run_dir / "config.yaml")
+
+    encoder, head = build_models(cfg)
+    encoder.to(device)
+    head.to(device)
+    if cfg.train.channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, list(encoder.parameters()) + list(head.parameters()))
+    state = Progress()
+    if checkpoint is not None:
+        encoder.load_state_dict(checkpoint["encoder"])
+        head.load_state_dict(checkpoint["head"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_rng_state(checkpoint["rng"], aug_gen)
+        p = checkpoint["progress"]
+        state = Progress(p["epoch"], p["step"], p["global_step"], checkpoint["perm"], list(p["history"]),
+                         checkpoint["step_losses"].tolist(), p["train_time_s"], p["epoch_loss_sum"],
+                         p["epoch_std_sum"], p["epoch_time_s"])
+    forward_encoder = torch.compile(encoder) if cfg.train.compile else encoder
+    augment = build_augment(cfg.augment, cfg.data.image_size)
+    loss_fn = NTXentLoss(cfg.method.temperature)
+    n, batch = len(images), cfg.train.batch_size
+    steps_per_epoch = n // batch  # drop the last partial batch: every step sees the same number of negatives
+    autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
+    env = environment_record(device)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "config": to_dict(cfg), "encoder": encoder.state_dict(), "head": head.state_dict(),
+            "optimizer": optimizer.state_dict(), "rng": rng_state(aug_gen), "perm": state.perm,
+            "step_losses": torch.tensor(state.step_losses, dtype=torch.float64),
+            "progress": {"epoch": state.epoch, "step": state.step, "global_step": state.global_step,
+                         "history": state.history, "train_time_s": state.train_time_s,
+                         "epoch_loss_sum": state.epoch_loss_sum, "epoch_std_sum": state.epoch_std_sum,
+                         "epoch_time_s": state.epoch_time_s},
+        }
+
+    def resume_hint() -> str:
+        return f"crlf pretrain --out {run_dir} --resume"
+
+    encoder.train()
+    head.train()
+    with _StopSignals() as stop:
+        while state.epoch < cfg.train.epochs:
+            if state.step == 0:
+                state.perm = torch.randperm(n, generator=aug_gen)
+            bar = tqdm(total=steps_per_epoch, initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
+                       unit="step", disable=not progress, dynamic_ncols=True)
+            while state.step < steps_per_epoch:
+                t0 = time.perf_counter()
+                lr = learning_rate(cfg, state.global_step, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                idx = state.perm[state.step * batch:(state.step + 1) * batch].to(images.device)
+                v1, v2 = augment(images[idx], aug_gen)  # (B, 3, S, S) twice
+                views = torch.cat([v1, v2])  # (2B, 3, S, S): one forward pass, BatchNorm sees both views
+                if cfg.train.channels_last:
+                    views = views.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                    z = head(forward_encoder(views))  # (2B, D)
+                z = z.float()
+                loss = loss_fn(z[:batch], z[batch:])
+                loss_value = faults.maybe_poison_loss(float(loss.detach()), state.global_step)
+                if not math.isfinite(loss_value):
+                    raise TrainingStopped(
+                        f"loss became {loss_value} at epoch {state.epoch + 1} step {state.step + 1} "
+                        f"(global step {state.global_step + 1}, lr {lr:g}); training stopped before the update. "
+                        f"The last good checkpoint in '{run_dir}' is kept. Lower --lr or raise --temperature, "
+                        f"then resume with: {resume_hint()}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                emb_std = float(z.detach()[:batch].std(0).mean())
+                dt = time.perf_counter() - t0
+                state.step += 1
+                state.global_step += 1
+                state.step_losses.append(loss_value)
+                state.epoch_loss_sum += loss_value
+                state.epoch_std_sum += emb_std
+                state.epoch_time_s += dt
+                state.train_time_s += dt
+                bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{batch / dt:.0f}", refresh=False)
+                bar.update(1)
+                faults.maybe_kill(state.global_step)
+                if state.step < steps_per_epoch:
+                    every = cfg.train.checkpoint_every_steps
+                    if (every and state.global_step % every == 0) or stop.received:
+                        save_checkpoint(run_dir, checkpoint_state())
+                    if stop.received:
+                        bar.close()
+                        _raise_interrupted(stop.received, state, resume_hint())
+            bar.close()
+            record = _finish_epoch(state, steps_per_epoch, batch, lr, cfg)
+            state.history.append(record)
+            state.epoch += 1
+            state.step, state.epoch_loss_sum, state.epoch_std_sum, state.epoch_time_s = 0, 0.0, 0.0, 0.0
+            _write_metrics(run_dir, state)
+            save_checkpoint(run_dir, checkpoint_state())
+            faults.maybe_kill_after_checkpoint(state.epoch)
+            if progress:
+                tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['images_per_s']:.0f} img/s, "
+                           f"{record['epoch_time_s']:.0f} s")
+            if stop.received:
+                _raise_interrupted(stop.received, state, resume_hint())
+
+    export_encoder(encoder, cfg, run_dir, extra={"data": dataset.description, "epochs": state.epoch,
+                                                  "train_time_s": round(state.train_time_s, 1), **env})
+    return run_dir
+
+
+def _finish_epoch(state: Progress, steps: int, batch: int, lr: float, cfg: Config) -> dict[str, Any]:
+    mean_std = state.epoch_std_sum / steps
+    uniform_std = 1 / math.sqrt(cfg.model.proj_out_dim)
+    if mean_std < COLLAPSE_STD_FRACTION * uniform_std:
+        warnings.warn(
+            f"possible collapse at epoch {state.epoch + 1}: the std of the L2-normalised embeddings is "
+            f"{mean_std:.4f} (a uniform spread gives {uniform_std:.3f}). Check the learning rate and temperature.",
+            stacklevel=2,
+        )
+    return {
+        "epoch": state.epoch + 1,
+        "loss": state.epoch_loss_sum / steps,
+        "lr": lr,
+        "epoch_time_s": round(state.epoch_time_s, 3),
+        "images_per_s": round(steps * batch / state.epoch_time_s, 1),
+        "embedding_std": round(mean_std, 5),
+        "steps": steps,
+    }
+
+
+def _write_metrics(run_dir: Path, state: Progress) -> None:
+    # Rewritten whole (atomically) from the checkpointed history: a resumed run never holds duplicate lines.
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
+    save_array(run_dir / "step_losses.npy", np.asarray(state.step_losses, dtype=np.float64))
+
+
+def _raise_interrupted(signum: int, state: Progress, hint: str) -> None:
+    name, code = ("SIGINT", 130) if signum == signal.SIGINT else ("SIGTERM", 143)
+    raise Interrupted(
+        f"{name}: interrupted at epoch {state.epoch + 1} step {state.step}; a checkpoint was written. "
+        f"Resume with: {hint}", code)
