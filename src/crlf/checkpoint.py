@@ -8,21 +8,24 @@ resume from.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
+import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from crlf import faults
 from crlf.errors import UsageError
-from crlf.io import atomic_save_with
+from crlf.io import atomic_open
 
 LATEST, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+NEXT = ".checkpoint.pt.next"  # a complete new checkpoint between its write and its rename
 FORMAT = 1
 
 
@@ -52,14 +55,38 @@ def restore_rng_state(state: dict[str, Any], aug_gen: torch.Generator) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Atomically write ``checkpoint.pt``, keeping the one before as ``checkpoint.prev.pt``."""
+    """Atomically write ``checkpoint.pt``, keeping the one before as ``checkpoint.prev.pt``.
+
+    A kill at any moment leaves a loadable ``checkpoint.pt`` or ``checkpoint.prev.pt`` (between the two
+    renames only the latter); a failed write (full disk) leaves both untouched and raises naming the path.
+    """
     latest = run_dir / LATEST
-    tmp = run_dir / ".checkpoint.pt.next"
-    atomic_save_with(tmp, lambda buf: torch.save({"format": FORMAT, **state}, buf))
+    tmp = run_dir / NEXT
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    data = buffer.getbuffer()
+    step = state.get("progress", {}).get("global_step", -1)
+    try:
+        with atomic_open(tmp) as handle:
+            faults.maybe_kill_in_checkpoint_write(handle, data, step)
+            handle.write(data)
+    except OSError as exc:
+        reason = getattr(exc.__cause__, "strerror", None) or exc.strerror or exc
+        raise OSError(exc.errno, f"could not write checkpoint '{latest}': {reason}; the previous checkpoint "
+                                 f"is unchanged") from exc
     if latest.exists():
         os.replace(latest, run_dir / PREVIOUS)
+    faults.maybe_kill_in_checkpoint_rotate(step)
     os.replace(tmp, latest)
     return latest
+
+
+def remove_partial_writes(run_dir: Path) -> list[Path]:
+    """Delete temp files a killed process left in ``run_dir`` (never a finished artefact); returns them."""
+    stale = [p for p in Path(run_dir).glob(".*") if p.is_file() and (p.name == NEXT or p.name.endswith(".tmp"))]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint_file(path: Path) -> dict[str, Any]:
@@ -71,13 +98,19 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's own text advises weights_only=False, i.e. running the file's code: never pass that on.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise UsageError(f"checkpoint '{path}' is corrupt or not a PyTorch checkpoint: it does not unpickle "
+                             f"as tensors and plain data.") from None
         raise UsageError(
-            f"checkpoint '{path}' was refused: loading it would run code or it holds objects other than "
-            f"tensors and plain data ({str(exc).splitlines()[0]}). Only load checkpoints you trust, "
-            f"and only ones written by CRLF."
+            f"checkpoint '{path}' was refused: unpickling it would call '{found.group(1)}', i.e. run code, and "
+            f"CRLF loads checkpoints as tensors and plain data only (torch.load(weights_only=True)); nothing "
+            f"in it was run. Only use checkpoints written by CRLF, from a source you trust."
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise UsageError(f"checkpoint '{path}' is corrupt or truncated ({str(exc).splitlines()[0]}).") from None
+    except Exception as exc:  # noqa: BLE001 - damaged bytes surface as RuntimeError, EOFError, IndexError, ...
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"checkpoint '{path}' is corrupt or truncated ({detail}).") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "encoder" not in state:
         raise UsageError(f"checkpoint '{path}' is not a CRLF checkpoint (format {FORMAT}).")
     return state
@@ -87,16 +120,27 @@ def find_resumable(run_dir: Path, explicit: Path | None = None) -> tuple[dict[st
     """The newest loadable checkpoint of ``run_dir`` (or exactly ``explicit``), warning about bad ones."""
     if explicit is not None:
         return load_checkpoint_file(explicit), explicit
-    candidates = [run_dir / LATEST, run_dir / PREVIOUS]
-    problems = []
-    for path in candidates:
+    latest, previous = run_dir / LATEST, run_dir / PREVIOUS
+    problems: list[tuple[Path, str]] = []
+    for path in (latest, previous):
         if not path.exists():
             continue
         try:
-            return load_checkpoint_file(path), path
+            state = load_checkpoint_file(path)
         except UsageError as exc:
-            problems.append(str(exc))
-            warnings.warn(f"{exc} Falling back to an older checkpoint.", stacklevel=2)
+            problems.append((path, str(exc)))
+            continue
+        for bad, why in problems:
+            # Moved aside, so the next save cannot rotate the bad file over the good one it fell back to.
+            kept = bad.with_name(bad.name + ".corrupt")
+            os.replace(bad, kept)
+            warnings.warn(f"{why} Resuming from the older checkpoint '{path}' instead; the bad file was moved "
+                          f"to '{kept}'.", stacklevel=2)
+        if path == previous and not problems:
+            warnings.warn(f"'{run_dir}' has no {LATEST} (the last save was cut off); resuming from '{path}'.",
+                          stacklevel=2)
+        return state, path
     if problems:
-        raise UsageError("no usable checkpoint to resume from in '" + str(run_dir) + "': " + " ".join(problems))
+        raise UsageError(f"no usable checkpoint to resume from in '{run_dir}': " + " ".join(why for _, why in problems)
+                         + " Nothing was changed; start a new run with a new --out.")
     raise UsageError(f"nothing to resume in '{run_dir}': it holds no {LATEST}. Drop --resume to start a new run.")

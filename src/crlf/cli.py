@@ -5,6 +5,8 @@
     crlf evaluate  runs/r1
     crlf plot      runs/r1
     crlf embed     runs/r1 --data my_images/ --out emb.npy
+    crlf search    runs/r1 photo.jpg --k 8 --out grid.png
+    crlf demo      runs/r1 [--host 127.0.0.1] [--port 7860]                    # needs: pip install -e '.[demo]'
 
 Exit codes: 0 done, 1 training stopped (non-finite loss, out of memory), 2 bad input,
 130 / 143 interrupted by SIGINT / SIGTERM after writing a checkpoint.
@@ -105,6 +107,19 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(_parser=p)
+    p = sub.add_parser("search", help="the training images nearest to an image (table + picture grid)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("image", type=Path)
+    p.add_argument("--k", type=int, default=8, help="how many neighbours (default 8)")
+    p.add_argument("--out", type=Path, default=Path("grid.png"), help="picture grid .png (default grid.png)")
+    p.add_argument("--data", help="another copy of the run's data, if it has moved")
+    p.set_defaults(_parser=p)
+    p = sub.add_parser("demo", help="web demo of a finished run (needs: pip install -e '.[demo]')")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--data", help="another copy of the run's data, if it has moved")
+    p.set_defaults(_parser=p)
     return parser
 
 
@@ -163,6 +178,14 @@ def dispatch(args: argparse.Namespace) -> int:
 
         info = embed_source(args.run_dir, args.data, args.out, args.device, progress=not args.quiet)
         print(f"wrote {info['count']:,} embeddings of dimension {info['dim']} to {info['embeddings']}")
+    elif args.command == "search":
+        from crlf.search import search_command
+
+        search_command(args.run_dir, args.image, args.k, args.out, args.data)
+    elif args.command == "demo":
+        from crlf.demo import serve
+
+        serve(args.run_dir, args.host, args.port, args.data)
     return 0
 
 
@@ -183,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("crlf: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # argparse's own usage errors (exit 2) and --help (exit 0)
+        return exc.code if isinstance(exc.code, int) else 2
 
 
 if __name__ == "__main__":

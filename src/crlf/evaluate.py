@@ -148,7 +148,8 @@ def evaluate_features(train_x, train_y, test_x, test_y, classes: list[str], knn_
     linear_pred = probe.logits(test_x).argmax(1).numpy()
     t_linear = time.perf_counter() - t0
     t0 = time.perf_counter()
-    knn = knn_predict(train_x, train_y, test_x, num_classes, ks=(knn_k, 20), temperature=knn_temperature)
+    ks = tuple(dict.fromkeys((knn_k, 20)))  # k=20 is always reported too
+    knn = knn_predict(train_x, train_y, test_x, num_classes, ks=ks, temperature=knn_temperature)
     t_knn = time.perf_counter() - t0
     cm = confusion_matrix(test_y, linear_pred, labels=list(range(num_classes)))
     per_class = cm.diagonal() / np.maximum(cm.sum(1), 1)

@@ -8,6 +8,7 @@ would only fight the model for the cores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -23,7 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from crlf import faults
-from crlf.checkpoint import LATEST, find_resumable, restore_rng_state, rng_state, save_checkpoint
+from crlf.checkpoint import (
+    LATEST,
+    PREVIOUS,
+    find_resumable,
+    remove_partial_writes,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from crlf.config import Config, apply_overrides, save_config, to_dict
 from crlf.data.augment import build_augment
 from crlf.data.sources import Dataset, balanced_subset, load_dataset
@@ -114,11 +123,14 @@ class _StopSignals:
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume and (run_dir / LATEST).exists():
+    held = [name for name in (LATEST, PREVIOUS) if (run_dir / name).exists()]  # PREVIOUS alone: killed mid-save
+    if not resume and held:
         raise UsageError(
-            f"'{run_dir}' already holds a run ({LATEST}). Pass --resume to continue it, or choose a new --out; "
+            f"'{run_dir}' already holds a run ({held[0]}). Pass --resume to continue it, or choose a new --out; "
             f"nothing was overwritten."
         )
+    if resume:
+        remove_partial_writes(run_dir)  # temp files of a process killed mid-write
 
 
 def load_training_data(cfg: Config, progress: bool = True) -> tuple[Dataset, torch.Tensor]:
@@ -181,6 +193,7 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
     env = environment_record(device)
 
     def checkpoint_state() -> dict[str, Any]:
+        _stop_if_not_finite({"encoder": encoder, "head": head}, state, lr, run_dir, resume_hint())
         return {
             "config": to_dict(cfg), "encoder": encoder.state_dict(), "head": head.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": rng_state(aug_gen), "perm": state.perm,
@@ -208,25 +221,29 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 idx = state.perm[state.step * batch:(state.step + 1) * batch].to(images.device)
-                v1, v2 = augment(images[idx], aug_gen)  # (B, 3, S, S) twice
-                views = torch.cat([v1, v2])  # (2B, 3, S, S): one forward pass, BatchNorm sees both views
-                if cfg.train.channels_last:
-                    views = views.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                    z = head(forward_encoder(views))  # (2B, D)
-                z = z.float()
-                loss = loss_fn(z[:batch], z[batch:])
-                loss_value = faults.maybe_poison_loss(float(loss.detach()), state.global_step)
-                if not math.isfinite(loss_value):
-                    raise TrainingStopped(
-                        f"loss became {loss_value} at epoch {state.epoch + 1} step {state.step + 1} "
-                        f"(global step {state.global_step + 1}, lr {lr:g}); training stopped before the update. "
-                        f"The last good checkpoint in '{run_dir}' is kept. Lower --lr or raise --temperature, "
-                        f"then resume with: {resume_hint()}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                with _stop_on_out_of_memory(state, batch, device, run_dir, resume_hint()):
+                    faults.maybe_oom(state.global_step, device)
+                    v1, v2 = augment(images[idx], aug_gen)  # (B, 3, S, S) twice
+                    views = torch.cat([v1, v2])  # (2B, 3, S, S): one forward pass, BatchNorm sees both views
+                    if cfg.train.channels_last:
+                        views = views.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                        enabled=autocast_dtype is not None):
+                        z = head(forward_encoder(views))  # (2B, D)
+                    z = z.float()
+                    loss = loss_fn(z[:batch], z[batch:])
+                    loss_value = faults.maybe_poison_loss(float(loss.detach()), state.global_step)
+                    if not math.isfinite(loss_value):
+                        raise TrainingStopped(
+                            f"loss became {loss_value} at epoch {state.epoch + 1} step {state.step + 1} "
+                            f"(global step {state.global_step + 1}, lr {lr:g}); training stopped before the update. "
+                            f"The last good checkpoint in '{run_dir}' is kept. Lower --lr or raise --temperature, "
+                            f"then resume with: {resume_hint()}"
+                        )
+                    faults.maybe_signal(state.global_step)  # tests: a signal arriving mid-step
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
                 emb_std = float(z.detach()[:batch].std(0).mean())
                 dt = time.perf_counter() - t0
                 state.step += 1
@@ -289,6 +306,37 @@ def _write_metrics(run_dir: Path, state: Progress) -> None:
     # Rewritten whole (atomically) from the checkpointed history: a resumed run never holds duplicate lines.
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
     save_array(run_dir / "step_losses.npy", np.asarray(state.step_losses, dtype=np.float64))
+
+
+def _stop_if_not_finite(modules: dict[str, torch.nn.Module], state: Progress, lr: float, run_dir: Path,
+                        hint: str) -> None:
+    """Never checkpoint inf/nan weights: a loss can stay finite for a step after the weights overflow
+    (e.g. a BatchNorm running variance), and that checkpoint would replace the last good one."""
+    for part, module in modules.items():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                loss = state.step_losses[-1] if state.step_losses else float("nan")
+                raise TrainingStopped(
+                    f"the weights became non-finite by global step {state.global_step} ({part} '{name}' holds "
+                    f"inf/nan; last loss {loss:.4g}, lr {lr:g}); training stopped without saving them. The last "
+                    f"good checkpoint in '{run_dir}' is kept. Lower --lr or raise --temperature, then resume "
+                    f"with: {hint}"
+                )
+
+
+@contextlib.contextmanager
+def _stop_on_out_of_memory(state: Progress, batch: int, device: torch.device, run_dir: Path, hint: str):
+    """Out of memory in a step: stop with the batch size and a fix. The batch is never shrunk silently."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise TrainingStopped(
+            f"out of memory on {device} at epoch {state.epoch + 1} step {state.step + 1} with batch size {batch} "
+            f"({str(exc).splitlines()[0] if str(exc) else 'no details'}). CRLF never shrinks the batch on its own: "
+            f"rerun with a smaller batch, e.g. --batch-size {max(2, batch // 2)} (or --precision bf16 on a GPU), "
+            f"in a new --out; or free the device memory and resume with: {hint}. The last checkpoint in "
+            f"'{run_dir}' is unchanged."
+        ) from None
 
 
 def _raise_interrupted(signum: int, state: Progress, hint: str) -> None:

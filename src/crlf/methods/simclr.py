@@ -26,8 +26,9 @@ class NTXentLoss(nn.Module):
         if z1.shape != z2.shape or z1.dim() != 2:
             raise ValueError(f"z1 and z2 must both be (N, D); got {tuple(z1.shape)} and {tuple(z2.shape)}")
         n = z1.shape[0]
-        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D)
-        logits = z @ z.T / self.temperature  # (2N, 2N) cosine similarities / T
-        logits.fill_diagonal_(float("-inf"))  # a view is not its own negative
-        targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # (2N,) index of the positive
-        return F.cross_entropy(logits, targets)
+        with torch.autocast(z1.device.type, enabled=False):  # inside an autocast region too: matmul in fp32
+            z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D)
+            logits = z @ z.T / self.temperature  # (2N, 2N) cosine similarities / T
+            logits.fill_diagonal_(float("-inf"))  # a view is not its own negative
+            targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # (2N,) index of the positive
+            return F.cross_entropy(logits, targets)

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny synthetic image folders and archives, an isolated cache, a tiny finished run."""
+
+from __future__ import annotations
+
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_CONFIG = REPO / "configs" / "seed.yaml"
+CLASSES = ("cat", "dog", "frog")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own decode cache: tests never read ~/.cache or each other's arrays."""
+    monkeypatch.setenv("CRLF_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def make_image_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4, size: int = 32,
+                      classes=CLASSES, ext: str = ".png", seed: int = 0) -> Path:
+    """ROOT/{train,test}/<class>/NNNN.png with a distinct base colour per class plus noise."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.array([(80 * c + 40) % 256, (150 * c + 90) % 256, (200 - 60 * c) % 256])
+            for i in range(count):
+                pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}{ext}")
+    return root
+
+
+def make_archive(folder: Path, archive: Path, top: str = "tiny") -> Path:
+    """Pack ``folder`` as .tar/.tar.gz/.zip with one top-level folder inside (like the CIFAR-10 JPEG copy)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive, "w") as z:
+            for p in files:
+                z.write(p, f"{top}/{p.relative_to(folder).as_posix()}")
+    else:
+        with tarfile.open(archive, "w:gz" if archive.name.endswith(".gz") else "w") as t:
+            t.add(folder, arcname=top)
+    return archive
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One finished `crlf run` on a synthetic archive, shared by the tests that only read artefacts."""
+    import os
+
+    from crlf.cli import main
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    old = os.environ.get("CRLF_CACHE")
+    os.environ["CRLF_CACHE"] = str(base / "cache")
+    try:
+        archive = make_archive(make_image_folder(base / "images"), base / "tiny.tar.gz")
+        run = base / "run"
+        code = main(["run", "--config", str(SEED_CONFIG), "--data", str(archive), "--out", str(run),
+                     "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--quiet"])
+        assert code == 0
+    finally:
+        if old is None:
+            os.environ.pop("CRLF_CACHE", None)
+        else:
+            os.environ["CRLF_CACHE"] = old
+    return run

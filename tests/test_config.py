@@ -1,0 +1,68 @@
+import pytest
+
+from crlf.cli import main
+from crlf.config import Config, apply_overrides, load_config, to_dict
+from crlf.errors import UsageError
+
+from conftest import SEED_CONFIG
+
+
+def test_seed_config_is_the_reference_recipe():
+    cfg = load_config(SEED_CONFIG)
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.optim.name, cfg.optim.lr) == (256, 10, "adam", 3e-4)
+    assert (cfg.method.temperature, cfg.optim.weight_decay) == (0.07, 1e-4)
+    assert (cfg.model.arch, cfg.model.stem, cfg.model.proj_hidden_dim, cfg.model.proj_out_dim) == (
+        "resnet18", "imagenet", 256, 64)
+    assert cfg.augment.crop_scale == (0.2, 1.0) and cfg.augment.jitter_p == 0.8 and cfg.augment.blur_kernel == 3
+    assert cfg == Config()  # the defaults are the reference recipe too
+
+
+def test_flags_override_yaml(tmp_path):
+    cfg = load_config(SEED_CONFIG, {"train": {"epochs": 3}, "optim": {"lr": 0.1}})
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 0.1 and cfg.train.batch_size == 256
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(SEED_CONFIG)
+    assert apply_overrides(Config(), to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train": {"epoch": 3}}, "Did you mean 'epochs'"),
+    ({"trian": {"epochs": 3}}, "Did you mean 'train'"),
+    ({"optim": {"lr": 0}}, "optim.lr must be > 0"),
+    ({"optim": {"lr": -1}}, "optim.lr must be > 0"),
+    ({"method": {"temperature": 0}}, "temperature must be > 0"),
+    ({"train": {"batch_size": 1}}, "batch_size must be >= 2"),
+    ({"train": {"epochs": 0}}, "epochs must be >= 1"),
+    ({"train": {"epochs": 2.5}}, "must be an integer"),
+    ({"augment": {"flip_p": 1.5}}, "probability"),
+    ({"model": {"stem": "cifra"}}, "Did you mean 'cifar'"),
+])
+def test_bad_values_are_usage_errors(overrides, message):
+    with pytest.raises(UsageError, match=message):
+        load_config(SEED_CONFIG, overrides)
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  bach_size: 64\n")
+    with pytest.raises(UsageError, match=r"train.bach_size.*Did you mean 'batch_size'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--epoch", "3"], "Did you mean '--epochs'"),
+    (["pretrain", "--lr", "0"], "optim.lr must be > 0"),
+    (["pretrain", "--lr=-3e-4"], "optim.lr must be > 0"),
+    (["pretrain", "--temperature", "0"], "temperature must be > 0"),
+    (["pretrain", "--batch-size", "1"], "batch_size must be >= 2"),
+    (["pretrain", "--epochs", "0"], "epochs must be >= 1"),
+    (["pretrain", "--config", "nope.yaml"], "does not exist"),
+    (["pretrain", "--data", "/no/such/folder"], "does not exist"),
+    (["evaluate", "/no/such/run"], "not a CRLF run folder"),
+])
+def test_cli_bad_input_exits_2_with_message(argv, message, capsys, tmp_path):
+    code = main(argv + (["--out", str(tmp_path / "r")] if argv[0] == "pretrain" else []))
+    assert code == 2
+    assert message in capsys.readouterr().err

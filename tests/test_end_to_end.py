@@ -1,0 +1,115 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from crlf import ResNetEncoder
+from crlf.cli import main
+
+from conftest import REPO, SEED_CONFIG, make_archive, make_image_folder
+
+ARTEFACTS = [
+    "config.yaml", "metrics.jsonl", "checkpoint.pt", "encoder.safetensors", "config.json",
+    "encoder_resnet18_simclr.pth", "train_embeddings.npy", "test_embeddings.npy", "train_labels.npy",
+    "test_labels.npy", "metrics.json", "linear_probe.safetensors", "step_losses.npy",
+    "plots/loss_curve.png", "plots/pca_embedding.png", "plots/tsne_embedding.png", "plots/confusion_matrix.png",
+]
+
+
+def test_run_writes_every_artefact(tiny_run):
+    for name in ARTEFACTS:
+        assert (tiny_run / name).is_file(), name
+    history = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
+    for key in ("epoch", "loss", "lr", "epoch_time_s", "images_per_s"):
+        assert key in history[0]
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("linear_top1", "knn_top1", "knn_top1_k20", "per_class_accuracy", "confusion_matrix", "data",
+                "config", "git_commit", "seed", "device", "hardware", "pretrain_time_s", "eval_time_s"):
+        assert key in metrics, key
+    assert 0 <= metrics["linear_top1"] <= 1 and 0 <= metrics["knn_top1"] <= 1
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 12  # the whole test split
+    assert np.load(tiny_run / "train_embeddings.npy").shape == (36, 512)
+    assert np.load(tiny_run / "test_embeddings.npy").shape == (12, 512)
+    assert yaml.safe_load((tiny_run / "config.yaml").read_text())["train"]["batch_size"] == 8
+
+
+def test_reference_loading_snippet_and_from_pretrained(tiny_run):
+    enc = ResNetEncoder(pretrained=False)
+    enc.load_state_dict(torch.load(tiny_run / "encoder_resnet18_simclr.pth", weights_only=True))
+    enc.eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        out = enc(images)
+        assert out.shape == (3, 512)
+        torch.testing.assert_close(ResNetEncoder.from_pretrained(tiny_run)(images), out)
+    assert set(load_file(tiny_run / "encoder.safetensors")) == set(enc.state_dict())
+
+
+def test_embedding_files_match_the_encoder(tiny_run):
+    from crlf.data.augment import normalize
+    from crlf.data.sources import load_dataset
+    from crlf.pipeline import run_config
+
+    cfg = run_config(tiny_run)
+    ds = load_dataset(cfg.data.source, progress=False)
+    enc = ResNetEncoder.from_pretrained(tiny_run)
+    with torch.no_grad():
+        feats = enc(normalize(torch.from_numpy(ds.test.images[:4]), cfg.augment.mean, cfg.augment.std))
+    np.testing.assert_allclose(np.load(tiny_run / "test_embeddings.npy")[:4], feats.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_embed_any_folder(tiny_run, tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "mine", train_per_class=2, test_per_class=0, classes=("a", "b"))
+    out = tmp_path / "emb.npy"
+    assert main(["embed", str(tiny_run), "--data", str(folder / "train"), "--out", str(out), "--quiet"]) == 0
+    assert np.load(out).shape == (4, 512)
+    assert np.load(tmp_path / "emb_labels.npy").tolist() == [0, 0, 1, 1]
+    assert json.loads((tmp_path / "emb_files.json").read_text())["files"][0] == "train/a/0000.png"
+
+
+def test_existing_run_is_never_overwritten(tiny_run, capsys):
+    before = (tiny_run / "checkpoint.pt").read_bytes()
+    assert main(["pretrain", "--config", str(SEED_CONFIG), "--data", "x", "--out", str(tiny_run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tiny_run / "checkpoint.pt").read_bytes() == before
+
+
+def _pretrain(data, out, *extra):
+    return main(["pretrain", "--config", str(SEED_CONFIG), "--data", str(data), "--out", str(out),
+                 "--batch-size", "8", "--device", "cpu", "--quiet", *extra])
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    data = make_image_folder(tmp_path / "data", train_per_class=8, test_per_class=2)
+    assert _pretrain(data, tmp_path / "straight", "--epochs", "2") == 0
+    assert _pretrain(data, tmp_path / "resumed", "--epochs", "1") == 0
+    assert _pretrain(data, tmp_path / "resumed", "--epochs", "2", "--resume") == 0
+    a = load_file(tmp_path / "straight" / "encoder.safetensors")
+    b = load_file(tmp_path / "resumed" / "encoder.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert np.array_equal(np.load(tmp_path / "straight" / "step_losses.npy"),
+                          np.load(tmp_path / "resumed" / "step_losses.npy"))
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+def test_batch_larger_than_dataset_is_a_usage_error(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    assert _pretrain(data, tmp_path / "r", "--epochs", "1", "--batch-size", "64") == 2
+    assert "fewer than train.batch_size" in capsys.readouterr().err
+
+
+def test_reference_entry_point_script(tmp_path):
+    data = make_archive(make_image_folder(tmp_path / "data", train_per_class=8, test_per_class=2), tmp_path / "d.zip")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "simclr_train.py"), "--batch_size", "8", "--epochs", "1", "--learning_rate",
+         "3e-4", "--temperature", "0.07", "--device", "cpu", "--data", str(data), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "linear top-1" in result.stdout
+    assert (tmp_path / "run" / "plots" / "confusion_matrix.png").is_file()
