@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   ?= cifar10
-CONFIG ?= configs/fast-cpu.yaml
+CONFIG ?= configs/seed.yaml
 OUT    ?= runs/main
 ARGS   ?=
 

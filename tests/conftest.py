@@ -68,7 +68,7 @@ def tiny_run(tmp_path_factory) -> Path:
         archive = make_archive(make_image_folder(base / "images"), base / "tiny.tar.gz")
         run = base / "run"
         code = main(["run", "--config", str(SEED_CONFIG), "--data", str(archive), "--out", str(run),
-                     "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--quiet"])
+                     "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--quiet", "--eval-every", "1"])
         assert code == 0
     finally:
         if old is None:

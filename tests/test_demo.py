@@ -23,7 +23,7 @@ from PIL import Image
 from crlf.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ("red", "green", "blue")
+CLASSES = ("brick", "grass", "sea")  # reddish, greenish, bluish images
 COLOURS = ((200, 40, 40), (40, 190, 60), (40, 60, 210))
 # Without these, Chromium in a closed network waits on connections it will never get.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,6 +51,12 @@ def make_tiny_run(base: Path) -> Path:
                      "--epochs", "1", "--batch-size", "8", "--quiet", "--device", "cpu"])
     assert code == 0
     return run
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, tmp_path):
+    """Decoded images never land in the user's ~/.cache/crlf."""
+    monkeypatch.setenv("CRLF_CACHE", str(tmp_path / "crlf-cache"))
 
 
 def free_port() -> int:
@@ -149,7 +155,7 @@ def test_predict_returns_top5_probabilities(demo, client, tmp_path):
     from crlf.search import read_upload
 
     query = tmp_path / "query.jpg"  # larger than 32x32 and a JPEG: resized and decoded like any photo
-    with Image.open(Path(demo.backend.run.cfg.data.source) / "test" / "blue" / "00.png") as img:
+    with Image.open(Path(demo.backend.run.cfg.data.source) / "test" / "sea" / "00.png") as img:
         img.resize((120, 96)).save(query, quality=95)
     answer = client.predict(handle_file(str(query)), api_name="/predict")
     confidences = answer["confidences"]
@@ -184,7 +190,7 @@ def test_bad_upload_gets_a_clear_message(demo, client, tmp_path, name, make, mes
     # the page's own status line says the same, and the server keeps answering
     gallery, _, status = demo.backend.details({"path": str(path)})
     assert gallery == [] and message in status
-    assert client.predict("red", api_name="/typical")
+    assert client.predict("brick", api_name="/typical")
 
 
 def _png() -> bytes:
@@ -215,7 +221,7 @@ def test_uploads_are_stored_under_our_own_names(demo, client, tmp_path):
 
 
 def test_typical_and_hard_images(demo, client):
-    typical, hard = client.predict("green", api_name="/typical")
+    typical, hard = client.predict("grass", api_name="/typical")
     assert len(typical) == len(hard) == 8
     assert all(item["caption"].startswith("#") for item in typical + hard)
 
@@ -261,7 +267,7 @@ def test_browser_upload_shows_the_result(demo, tmp_path):
         pytest.skip("no chromium (apt-get install -y chromium)")
     run = demo.backend.run
     query = tmp_path / "query.png"
-    with Image.open(Path(run.cfg.data.source) / "test" / "green" / "01.png") as img:
+    with Image.open(Path(run.cfg.data.source) / "test" / "grass" / "01.png") as img:
         img.resize((128, 128), Image.Resampling.NEAREST).save(query)
     with sync_api.sync_playwright() as pw:
         # launch_persistent_context: Playwright's way to give Chromium a fresh --user-data-dir

@@ -25,8 +25,8 @@ def test_run_writes_every_artefact(tiny_run):
         assert (tiny_run / name).is_file(), name
     history = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]
-    for key in ("epoch", "loss", "lr", "epoch_time_s", "images_per_s"):
-        assert key in history[0]
+    for key in ("epoch", "loss", "lr", "epoch_time_s", "images_per_s", "embedding_std", "knn_top1"):
+        assert key in history[0], key  # knn_top1: the online monitor (--eval-every 1)
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     for key in ("linear_top1", "knn_top1", "knn_top1_k20", "per_class_accuracy", "confusion_matrix", "data",
                 "config", "git_commit", "seed", "device", "hardware", "pretrain_time_s", "eval_time_s"):

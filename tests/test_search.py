@@ -15,7 +15,7 @@ from crlf.data.decode import BadImage
 from crlf.search import MAX_UPLOAD_BYTES, NeighbourIndex, RunSearch, decode_upload, read_upload
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ("red", "green", "blue")
+CLASSES = ("brick", "grass", "sea")  # reddish, greenish, bluish images
 COLOURS = ((200, 40, 40), (40, 190, 60), (40, 60, 210))
 
 
@@ -50,6 +50,12 @@ def png_bytes(colour=(200, 40, 40), size=(48, 40)) -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, tmp_path):
+    """Decoded images never land in the user's ~/.cache/crlf."""
+    monkeypatch.setenv("CRLF_CACHE", str(tmp_path / "crlf-cache"))
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     return make_tiny_run(tmp_path_factory.mktemp("search_run"))
@@ -57,7 +63,9 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(tiny_run) -> RunSearch:
-    return RunSearch(tiny_run)
+    with pytest.MonkeyPatch.context() as mp:  # module scope: set up before any per-test environment
+        mp.setenv("CRLF_CACHE", str(tiny_run.parent / "cache"))
+        return RunSearch(tiny_run)
 
 
 # --- the index -------------------------------------------------------------------------------------
@@ -158,9 +166,9 @@ def test_predict_is_the_saved_probe(loaded):
 
 
 def test_class_extremes(loaded):
-    typical, hard = loaded.class_extremes("green", n=4)
+    typical, hard = loaded.class_extremes("grass", n=4)
     assert len(typical) == len(hard) == 4
-    assert all(n.label == "green" for n in typical + hard)
+    assert all(n.label == "grass" for n in typical + hard)
     assert typical[0].similarity >= typical[-1].similarity >= hard[-1].similarity >= hard[0].similarity
     with pytest.raises(Exception, match="unknown class"):
         loaded.class_extremes("purple")

@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"crlf: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full disk or unwritable folder: the message names the path, nothing was replaced
+        print(f"crlf: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("crlf: interrupted", file=sys.stderr)
         return 130

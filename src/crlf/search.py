@@ -101,6 +101,15 @@ class NeighbourIndex:
         return self._centres[c]
 
 
+def _run_config(run_dir: Path):
+    """Not crlf.pipeline.run_config: that module imports scikit-learn (2-3 s), and the demo must start fast."""
+    from crlf.config import load_config
+
+    if not (run_dir / "config.yaml").is_file():
+        raise UsageError(f"'{run_dir}' is not a CRLF run folder (no config.yaml); pass a finished run's folder.")
+    return load_config(run_dir / "config.yaml")
+
+
 @dataclass
 class Neighbour:
     rank: int
@@ -116,15 +125,11 @@ class RunSearch:
     def __init__(self, run_dir: str | Path, data: str | None = None, device: str = "cpu", progress: bool = False):
         from safetensors import safe_open
 
-        from crlf.config import load_config
         from crlf.data.sources import balanced_subset, load_dataset
         from crlf.models.encoder import ResNetEncoder
 
-        # Not crlf.pipeline.run_config: that module imports scikit-learn (2-3 s), and the demo must start fast.
         self.run_dir = run_dir = Path(run_dir)
-        if not (run_dir / "config.yaml").is_file():
-            raise UsageError(f"'{run_dir}' is not a CRLF run folder (no config.yaml); pass a finished run's folder.")
-        self.cfg = cfg = load_config(run_dir / "config.yaml")
+        self.cfg = cfg = _run_config(run_dir)
         needed = ["train_embeddings.npy", "train_labels.npy", "linear_probe.safetensors"]
         missing = [name for name in needed if not (run_dir / name).is_file()]
         if missing:
@@ -132,12 +137,16 @@ class RunSearch:
         self.device = torch.device(device)
         self.encoder = ResNetEncoder.from_pretrained(run_dir).to(self.device).eval()  # eval: BatchNorm's running stats
         self.encoder.requires_grad_(False)
-        with safe_open(str(run_dir / "linear_probe.safetensors"), framework="pt") as probe:
-            self.classes: list[str] = json.loads(probe.metadata()["classes"])
-            self.probe = {name: probe.get_tensor(name).float() for name in ("weight", "bias", "mean", "std")}
-        self.index = NeighbourIndex(load_array(run_dir / "train_embeddings.npy"), load_array(run_dir / "train_labels.npy"))
         metrics_path = run_dir / "metrics.json"
         self.metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        with safe_open(str(run_dir / "linear_probe.safetensors"), framework="pt") as probe:
+            classes = (probe.metadata() or {}).get("classes")
+            self.classes: list[str] = json.loads(classes) if classes else list(self.metrics.get("classes", []))
+            self.probe = {name: probe.get_tensor(name).float() for name in ("weight", "bias", "mean", "std")}
+        if len(self.classes) != self.probe["weight"].shape[0]:
+            raise UsageError(f"'{run_dir}/linear_probe.safetensors' has no class names for its "
+                             f"{self.probe['weight'].shape[0]} outputs; run crlf evaluate {run_dir} again.")
+        self.index = NeighbourIndex(load_array(run_dir / "train_embeddings.npy"), load_array(run_dir / "train_labels.npy"))
         # The images are not in the run folder: the run's own source, cached after its first decode, and
         # the same class-balanced subset (same order) that train_embeddings.npy was computed from.
         source = data or cfg.data.source
@@ -251,11 +260,11 @@ def search_command(run_dir: Path, image: Path, k: int = 8, out: Path = Path("gri
         raise UsageError(f"--out must end in .png (got '{out}').")
     if out.resolve() == image.resolve():
         raise UsageError(f"--out '{out}' would overwrite the query image; choose another name.")
-    run = RunSearch(run_dir, data=data, device=device, progress=True)
     try:  # the user's own file: no upload cap, but the same decoding (EXIF, modes, bombs) as everywhere
-        query = decode_image(image.read_bytes(), run.image_size)
-    except BadImage as exc:
+        query = decode_image(image.read_bytes(), _run_config(Path(run_dir)).data.image_size)
+    except BadImage as exc:  # said before the run and its images are loaded
         raise UsageError(f"'{image}' cannot be used: {exc}.") from None
+    run = RunSearch(run_dir, data=data, device=device, progress=True)
     features = run.embed(query)
     top = run.predict(features)
     neighbours = run.neighbours(features, k)

@@ -34,7 +34,7 @@ from crlf.checkpoint import (
     save_checkpoint,
 )
 from crlf.config import Config, apply_overrides, save_config, to_dict
-from crlf.data.augment import build_augment
+from crlf.data.augment import build_augment, normalize
 from crlf.data.sources import Dataset, balanced_subset, load_dataset
 from crlf.errors import Interrupted, TrainingStopped, UsageError
 from crlf.export import export_encoder, save_array
@@ -133,7 +133,7 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
         remove_partial_writes(run_dir)  # temp files of a process killed mid-write
 
 
-def load_training_data(cfg: Config, progress: bool = True) -> tuple[Dataset, torch.Tensor]:
+def load_training_data(cfg: Config, progress: bool = True) -> tuple[Dataset, torch.Tensor, np.ndarray]:
     dataset = load_dataset(cfg.data.source, cfg.data.image_size, cfg.data.on_bad_image, progress=progress)
     train = balanced_subset(dataset.train, cfg.data.limit, seed=cfg.train.seed)
     if len(train) < cfg.train.batch_size:
@@ -141,7 +141,7 @@ def load_training_data(cfg: Config, progress: bool = True) -> tuple[Dataset, tor
             f"the training split has {len(train)} images, fewer than train.batch_size={cfg.train.batch_size}; "
             f"lower --batch-size or raise --limit."
         )
-    return dataset, torch.from_numpy(train.images)  # (N, 3, H, W) uint8
+    return dataset, torch.from_numpy(train.images), train.labels  # (N, 3, H, W) uint8, (N,) int64
 
 
 def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: bool = True,
@@ -162,7 +162,7 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     aug_gen = seed_everything(cfg.train.seed)
-    dataset, images = load_training_data(cfg, progress)
+    dataset, images, labels = load_training_data(cfg, progress)
     if dataset.skipped:
         atomic_write_text(run_dir / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in dataset.skipped))
     images = images.to(device)  # resident on the device as uint8: 150 MB for CIFAR-10
@@ -265,6 +265,8 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
                         _raise_interrupted(stop.received, state, resume_hint())
             bar.close()
             record = _finish_epoch(state, steps_per_epoch, batch, lr, cfg)
+            if cfg.train.eval_every and (state.epoch + 1) % cfg.train.eval_every == 0 and labels.min() >= 0:
+                record["knn_top1"] = round(knn_monitor(encoder, images, labels, cfg), 4)
             state.history.append(record)
             state.epoch += 1
             state.step, state.epoch_loss_sum, state.epoch_std_sum, state.epoch_time_s = 0, 0.0, 0.0, 0.0
@@ -272,14 +274,49 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
             save_checkpoint(run_dir, checkpoint_state())
             faults.maybe_kill_after_checkpoint(state.epoch)
             if progress:
+                knn = f", kNN monitor {record['knn_top1']:.1%}" if "knn_top1" in record else ""
                 tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['images_per_s']:.0f} img/s, "
-                           f"{record['epoch_time_s']:.0f} s")
+                           f"{record['epoch_time_s']:.0f} s{knn}")
             if stop.received:
                 _raise_interrupted(stop.received, state, resume_hint())
 
     export_encoder(encoder, cfg, run_dir, extra={"data": dataset.description, "epochs": state.epoch,
                                                   "train_time_s": round(state.train_time_s, 1), **env})
     return run_dir
+
+
+MONITOR_BANK, MONITOR_QUERIES = 5000, 1000
+
+
+def knn_monitor(encoder: ResNetEncoder, images: torch.Tensor, labels: np.ndarray, cfg: Config) -> float:
+    """A cheap kNN top-1 while pretraining, to see learning (or collapse) early.
+
+    Both the bank and the queries are fixed, disjoint parts of the *training* split (labels are used for
+    this number only): the test split stays unseen until ``crlf evaluate``. It draws no random numbers,
+    so runs with and without the monitor train identically.
+    """
+    from crlf.evaluate import knn_predict
+
+    order = np.random.default_rng(12345).permutation(len(images))
+    n_query = min(MONITOR_QUERIES, len(images) // 5)
+    query_idx, bank_idx = order[:n_query], order[n_query:n_query + MONITOR_BANK]
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            def features(idx):  # (n, D)
+                out = [encoder(normalize(images[torch.from_numpy(idx[i:i + 512]).to(images.device)],
+                                         cfg.augment.mean, cfg.augment.std)).float().cpu()
+                       for i in range(0, len(idx), 512)]
+                return torch.cat(out).numpy()
+
+            bank, queries = features(bank_idx), features(query_idx)
+    finally:
+        encoder.train(was_training)
+    num_classes = int(labels.max()) + 1
+    preds = knn_predict(bank, labels[bank_idx], queries, num_classes, ks=(min(cfg.eval.knn_k, len(bank_idx)),),
+                        temperature=cfg.eval.knn_temperature)
+    return float((next(iter(preds.values())) == labels[query_idx]).mean())
 
 
 def _finish_epoch(state: Progress, steps: int, batch: int, lr: float, cfg: Config) -> dict[str, Any]:
