@@ -13,6 +13,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SEED_CONFIG = REPO / "configs" / "seed.yaml"
 CLASSES = ("cat", "dog", "frog")
+COLOUR_CLASSES = ("brick", "grass", "sea")  # reddish, greenish, bluish images: easy to tell apart
+COLOURS = ((200, 40, 40), (40, 190, 60), (40, 60, 210))
 
 
 @pytest.fixture(autouse=True)
@@ -22,18 +24,39 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
 
 def make_image_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4, size: int = 32,
-                      classes=CLASSES, ext: str = ".png", seed: int = 0) -> Path:
+                      classes=CLASSES, ext: str = ".png", seed: int = 0, colours=None, noise: float = 30,
+                      digits: int = 4) -> Path:
     """ROOT/{train,test}/<class>/NNNN.png with a distinct base colour per class plus noise."""
     rng = np.random.default_rng(seed)
     for split, count in (("train", train_per_class), ("test", test_per_class)):
         for c, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
-            base = np.array([(80 * c + 40) % 256, (150 * c + 90) % 256, (200 - 60 * c) % 256])
+            if colours is not None:
+                base = np.array(colours[c])
+            else:
+                base = np.array([(80 * c + 40) % 256, (150 * c + 90) % 256, (200 - 60 * c) % 256])
             for i in range(count):
-                pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:04d}{ext}")
+                pixels = np.clip(base + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:0{digits}d}{ext}")
     return root
+
+
+def make_colour_run(base: Path) -> Path:
+    """A finished 1-epoch `crlf run` on 3 x 16 coloured images (brick, grass, sea): a few seconds."""
+    import pytest
+
+    from crlf.cli import main
+
+    data = make_image_folder(base / "images", 16, 6, classes=COLOUR_CLASSES, colours=COLOURS, noise=25, digits=2)
+    run = base / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CRLF_CACHE", str(base / "cache"))
+        mp.chdir(REPO)
+        code = main(["run", "--config", "configs/seed.yaml", "--data", str(data), "--out", str(run),
+                     "--epochs", "1", "--batch-size", "8", "--quiet", "--device", "cpu"])
+    assert code == 0
+    return run
 
 
 def make_archive(folder: Path, archive: Path, top: str = "tiny") -> Path:

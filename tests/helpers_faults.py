@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 # Imported once here, so that forked children (below) start with torch and torchvision loaded.
 import crlf.cli
 import crlf.train  # noqa: F401
+
+from conftest import make_image_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CONFIG = REPO / "configs" / "seed.yaml"
@@ -35,16 +36,7 @@ STEPS_PER_EPOCH = 2
 def write_tiny_folder(root: Path, train_per_class: int = 4, test_per_class: int = 2, size: int = 32,
                       classes: tuple[str, ...] = ("a", "b"), seed: int = 0) -> Path:
     """ROOT/{train,test}/<class>/NNNN.png: a base colour per class plus noise."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for c, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            base = np.array([(90 * c + 40) % 256, (150 * c + 90) % 256, (200 - 70 * c) % 256])
-            for i in range(count):
-                pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
-    return root
+    return make_image_folder(root, train_per_class, test_per_class, size, classes, seed=seed, noise=40)
 
 
 def fault_env(cache: Path, **faults: int | str) -> dict[str, str]:

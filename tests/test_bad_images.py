@@ -21,6 +21,7 @@ from PIL import Image
 from crlf.data.decode import BadImage, decode_image
 from crlf.data.sources import load_dataset
 from crlf.errors import UsageError
+
 from helpers_faults import drop_large_files, fork_pretrain, write_tiny_folder
 
 

@@ -22,35 +22,13 @@ from PIL import Image
 
 from crlf.cli import main
 
+from conftest import COLOUR_CLASSES as CLASSES
+from conftest import make_colour_run
+
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ("brick", "grass", "sea")  # reddish, greenish, bluish images
-COLOURS = ((200, 40, 40), (40, 190, 60), (40, 60, 210))
 # Without these, Chromium in a closed network waits on connections it will never get.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def write_tiny_images(root: Path, train: int = 16, test: int = 6, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train), ("test", test)):
-        for name, colour in zip(CLASSES, COLOURS):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:02d}.png")
-    return root
-
-
-def make_tiny_run(base: Path) -> Path:
-    data, run = write_tiny_images(base / "images"), base / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CRLF_CACHE", str(base / "cache"))
-        mp.chdir(REPO)
-        code = main(["run", "--config", "configs/seed.yaml", "--data", str(data), "--out", str(run),
-                     "--epochs", "1", "--batch-size", "8", "--quiet", "--device", "cpu"])
-    assert code == 0
-    return run
 
 
 @pytest.fixture(autouse=True)
@@ -128,7 +106,7 @@ def demo(tmp_path_factory):
     from crlf.demo import start
 
     base = tmp_path_factory.mktemp("demo_run")
-    run = make_tiny_run(base)
+    run = make_colour_run(base)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CRLF_CACHE", str(base / "cache"))
         mp.delenv("GRADIO_TEMP_DIR", raising=False)  # uploads go to the demo's private folder

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from crlf.evaluate import ProtocolError, evaluate_features, extract_features, freeze, knn_predict, train_linear_probe
+from crlf.evaluate import (
+    ProtocolError,
+    evaluate_features,
+    extract_features,
+    freeze,
+    knn_predict,
+    train_linear_probe,
+)
 from crlf.models.encoder import ResNetEncoder
 
 

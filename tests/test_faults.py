@@ -32,6 +32,7 @@ from crlf.export import export_encoder, save_array
 from crlf.io import atomic_write_json
 from crlf.models.encoder import ResNetEncoder
 from crlf.train import Progress, _finish_epoch, _write_metrics
+
 from helpers_faults import (
     REPO,
     TINY_FLAGS,

@@ -19,6 +19,7 @@ import torch
 
 from crlf.checkpoint import LATEST, NEXT, PREVIOUS, find_resumable, load_checkpoint_file, save_checkpoint
 from crlf.errors import UsageError
+
 from helpers_faults import (
     assert_same_run,
     checkpoint_step,

@@ -14,34 +14,10 @@ from crlf.cli import main
 from crlf.data.decode import BadImage
 from crlf.search import MAX_UPLOAD_BYTES, NeighbourIndex, RunSearch, decode_upload, read_upload
 
+from conftest import COLOUR_CLASSES as CLASSES
+from conftest import COLOURS, make_colour_run
+
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ("brick", "grass", "sea")  # reddish, greenish, bluish images
-COLOURS = ((200, 40, 40), (40, 190, 60), (40, 60, 210))
-
-
-def write_tiny_images(root: Path, train: int = 16, test: int = 6, seed: int = 0) -> Path:
-    """ROOT/{train,test}/<class>/NN.png, 32x32, one distinct colour per class plus noise."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train), ("test", test)):
-        for name, colour in zip(CLASSES, COLOURS):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:02d}.png")
-    return root
-
-
-def make_tiny_run(base: Path) -> Path:
-    """A finished `crlf run` (1 epoch) on 3 x 16 synthetic images; a few seconds on 2 cores."""
-    data, run = write_tiny_images(base / "images"), base / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CRLF_CACHE", str(base / "cache"))
-        mp.chdir(REPO)
-        code = main(["run", "--config", "configs/seed.yaml", "--data", str(data), "--out", str(run),
-                     "--epochs", "1", "--batch-size", "8", "--quiet", "--device", "cpu"])
-    assert code == 0
-    return run
 
 
 def png_bytes(colour=(200, 40, 40), size=(48, 40)) -> bytes:
@@ -58,7 +34,7 @@ def _private_cache(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    return make_tiny_run(tmp_path_factory.mktemp("search_run"))
+    return make_colour_run(tmp_path_factory.mktemp("search_run"))
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from crlf.data.sources import load_dataset
 from crlf.errors import UsageError
 from crlf.export import load_array
 from crlf.models.encoder import ResNetEncoder
+
 from helpers_faults import SEED_CONFIG, write_tiny_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "crlf"

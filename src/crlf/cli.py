@@ -2,7 +2,10 @@
 
     crlf run       --config configs/fast-cpu.yaml --data cifar10 --out runs/r1   # pretrain + evaluate + plot
     crlf pretrain  --config configs/seed.yaml --data ../shared/data/cifar10-jpeg.tar.gz --out runs/seed
-    crlf evaluate  runs/r1
+    crlf evaluate  runs/r1 [--finetune] [--supervised-baseline]                 # the last two: slow on a CPU
+    crlf report    runs/r1                                                      # -> runs/r1/report.html
+    crlf sweep     --config configs/fast-cpu.yaml --seeds 0 1 2 --out runs/sweep   # mean ± std over seeds
+    crlf compare   runs/a runs/b --out compare.png                              # table + overlaid curves
     crlf plot      runs/r1
     crlf embed     runs/r1 --data my_images/ --out emb.npy
     crlf search    runs/r1 photo.jpg --k 8 --out grid.png
@@ -91,11 +94,39 @@ def build_parser() -> Parser:
         p = sub.add_parser(name, help=help_text)
         _add_train_flags(p)
         p.set_defaults(_parser=p)
-    p = sub.add_parser("evaluate", help="linear probe, kNN and confusion matrix of a run -> metrics.json")
+    p = sub.add_parser(
+        "evaluate", help="linear probe, kNN, label efficiency, few-shot, retrieval, clustering -> metrics.json",
+        description="Frozen-feature evaluation of a run. Default (about 3 minutes for CIFAR-10 on 2 CPU cores): "
+                    "linear probe, kNN, linear probe on 1/10/100 %% of the labels, 5-way 1/5-shot episodes, "
+                    "retrieval recall@k and mAP, k-means NMI/ARI, protocol checks. EXPENSIVE opt-ins (they "
+                    "train whole networks, 3 label fractions each; hours on a CPU for CIFAR-10): "
+                    "--finetune and --supervised-baseline.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--data", help="evaluate on another copy of the same data")
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--finetune", action="store_true",
+                   help="EXPENSIVE: also fine-tune the whole encoder on 1/10/100 %% of the labels")
+    p.add_argument("--supervised-baseline", action="store_true",
+                   help="EXPENSIVE: also train the same network from scratch on 1/10/100 %% of the labels")
+    p.add_argument("--finetune-epochs", type=int, default=5,
+                   help="epochs per label fraction for --finetune / --supervised-baseline (default 5)")
+    p.add_argument("--mix", choices=["none", "mixup", "cutmix", "both"], default="both",
+                   help="MixUp / CutMix for --finetune / --supervised-baseline (default both: one per batch)")
+    p.set_defaults(_parser=p)
+    p = sub.add_parser("report", help="one self-contained page of a run -> DIR/report.html")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(_parser=p)
+    p = sub.add_parser("sweep", help="the same run once per seed, then mean ± std of every metric",
+                       description="Runs `crlf run` once per seed into DIR/seed<N> (seeds already done are "
+                                   "skipped), then writes DIR/sweep.json and prints a mean ± std table.")
+    _add_train_flags(p, with_out=False)
+    p.add_argument("--seeds", type=int, nargs="+", required=True, help="e.g. --seeds 0 1 2")
+    p.add_argument("--out", type=Path, required=True, help="sweep folder (one sub-folder per seed)")
+    p.set_defaults(_parser=p)
+    p = sub.add_parser("compare", help="metrics of several runs side by side + overlaid loss / kNN curves")
+    p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=Path("compare.png"), help="curves .png (default compare.png)")
     p.set_defaults(_parser=p)
     p = sub.add_parser("plot", help="loss curve, PCA, t-SNE and confusion matrix PNGs of a run")
     p.add_argument("run_dir", type=Path)
@@ -142,10 +173,10 @@ def _pretrain(args: argparse.Namespace) -> Path:
     return pretrain(cfg, args.out, resume=resume, progress=not args.quiet, cli_overrides=overrides)
 
 
-def _evaluate(run_dir: Path, data=None, device=None, quiet=False) -> dict:
+def _evaluate(run_dir: Path, data=None, device=None, quiet=False, **opt_in) -> dict:
     from crlf.pipeline import evaluate_run
 
-    m = evaluate_run(run_dir, data=data, device=device, progress=not quiet)
+    m = evaluate_run(run_dir, data=data, device=device, progress=not quiet, **opt_in)
     print(f"linear top-1 {m['linear_top1']:.2%} | kNN top-1 (k={m['knn']['k']}) {m['knn_top1']:.2%} | "
           f"kNN top-1 (k=20) {m['knn_top1_k20']:.2%} on {m['data']} "
           f"({m['num_train']:,} train / {m['num_test']:,} test images); metrics in {run_dir / 'metrics.json'}")
@@ -159,6 +190,35 @@ def _plot(run_dir: Path) -> None:
         print(f"wrote {path}")
 
 
+def _report(run_dir: Path) -> None:
+    from crlf.eval_extra.report import write_report
+
+    print(f"wrote {write_report(run_dir)}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from crlf.eval_extra.sweep import write_sweep
+
+    if args.seed is not None:
+        raise UsageError("crlf sweep takes --seeds (several), not --seed.")
+    if args.resume:
+        raise UsageError("crlf sweep resumes by itself: seeds with a metrics.json are skipped; drop --resume.")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds has repeats: {args.seeds}.")
+    run_dirs = []
+    for seed in args.seeds:
+        run_dir = args.out / f"seed{seed}"
+        run_dirs.append(run_dir)
+        if (run_dir / "metrics.json").is_file():
+            print(f"seed {seed}: already done in {run_dir}, skipped")
+            continue
+        print(f"seed {seed}: crlf run --out {run_dir}")
+        dispatch(argparse.Namespace(**{**vars(args), "command": "run", "seed": seed, "out": run_dir}))
+    path, table = write_sweep(args.out, run_dirs, args.seeds)
+    print(table)
+    print(f"wrote {path}")
+
+
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "pretrain":
         run_dir = _pretrain(args)
@@ -167,10 +227,22 @@ def dispatch(args: argparse.Namespace) -> int:
         run_dir = _pretrain(args)
         m = _evaluate(run_dir, quiet=args.quiet)
         _plot(run_dir)
+        _report(run_dir)
         print(f"done in {m['pretrain_time_s']:.0f} s pretraining + {m['eval_time_s']:.0f} s evaluation: "
               f"linear top-1 {m['linear_top1']:.2%} on {m['data']}; artefacts in {run_dir}/")
     elif args.command == "evaluate":
-        _evaluate(args.run_dir, args.data, args.device, args.quiet)
+        _evaluate(args.run_dir, args.data, args.device, args.quiet, finetune=args.finetune,
+                  supervised_baseline=args.supervised_baseline, finetune_epochs=args.finetune_epochs, mix=args.mix)
+    elif args.command == "report":
+        _report(args.run_dir)
+    elif args.command == "sweep":
+        _sweep(args)
+    elif args.command == "compare":
+        from crlf.eval_extra.compare import compare_runs
+
+        table, png = compare_runs(args.run_dirs, args.out)
+        print(table)
+        print(f"wrote {png}")
     elif args.command == "plot":
         _plot(args.run_dir)
     elif args.command == "embed":

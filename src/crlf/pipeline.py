@@ -12,6 +12,9 @@ from safetensors.torch import save as safetensors_bytes
 from crlf.config import Config, apply_overrides, load_config, to_dict
 from crlf.data.sources import balanced_subset, load_dataset
 from crlf.errors import UsageError
+from crlf.eval_extra.finetune import finetune_metrics
+from crlf.eval_extra.metrics import default_extra_metrics
+from crlf.eval_extra.protocol import protocol_record
 from crlf.evaluate import evaluate_features, extract_features, freeze
 from crlf.export import save_array
 from crlf.io import atomic_write_bytes, atomic_write_json
@@ -33,8 +36,13 @@ def read_history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = None, progress: bool = True) -> dict:
-    """Features of un-augmented train/test images -> metrics.json, embeddings .npy, linear probe weights."""
+def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = None, progress: bool = True,
+                 finetune: bool = False, supervised_baseline: bool = False, finetune_epochs: int = 5,
+                 mix: str = "both") -> dict:
+    """Features of un-augmented train/test images -> metrics.json, embeddings .npy, linear probe weights.
+
+    Always: linear probe, kNN, protocol guards, label efficiency, few-shot, retrieval, clustering.
+    Opt-in (expensive on a CPU): ``finetune`` and ``supervised_baseline`` train whole networks."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     if data is not None:
@@ -53,9 +61,17 @@ def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = No
     train_x = extract_features(encoder, train.images, mean, std, dev, progress=progress, desc="train features")
     test_x = extract_features(encoder, dataset.test.images, mean, std, dev, progress=progress, desc="test features")
     t_features = time.perf_counter() - t0
+    # Protocol guards: raise before any metric is computed if the test split leaked or features are random.
+    protocol = protocol_record(encoder, train.images, dataset.test.images, test_x, mean, std, dev, cfg.train.seed)
     metrics, probe = evaluate_features(train_x, train.labels, test_x, dataset.test.labels, dataset.classes,
                                        cfg.eval.knn_k, cfg.eval.knn_temperature, cfg.eval.linear_max_iter,
                                        cfg.train.seed)
+    metrics["protocol"] = protocol
+    metrics |= default_extra_metrics(train_x, train.labels, test_x, dataset.test.labels, len(dataset.classes),
+                                     metrics, cfg.train.seed, cfg.eval.linear_max_iter)
+    if finetune or supervised_baseline:
+        metrics |= finetune_metrics(run_dir, cfg, train, dataset.test, len(dataset.classes), dev, finetune,
+                                    supervised_baseline, finetune_epochs, mix)
     for name, array in (("train_embeddings", train_x), ("test_embeddings", test_x),
                         ("train_labels", train.labels), ("test_labels", dataset.test.labels)):
         save_array(run_dir / f"{name}.npy", array)

@@ -108,4 +108,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     title = f"Linear probe on {data}: top-1 {metrics['linear_top1']:.1%}"
     written.append(confusion_matrix_plot(np.asarray(metrics["confusion_matrix"]), classes,
                                          plots / "confusion_matrix.png", title))
+    if metrics.get("label_efficiency"):  # accuracy against the label fraction (issue 4)
+        from crlf.eval_extra.figures import label_efficiency_plot
+
+        written.append(label_efficiency_plot(metrics, plots / "label_efficiency.png"))
     return written

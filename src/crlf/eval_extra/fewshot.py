@@ -14,35 +14,50 @@ import torch
 import torch.nn.functional as F
 
 
-def prototype_episode(support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
-                      n_way: int) -> torch.Tensor:
-    """Nearest class mean by cosine. support (n_way*K, D), support_y in [0, n_way), query (Q, D) -> (Q,)."""
-    s = F.normalize(support, dim=1)  # (n_way*K, D)
-    protos = torch.zeros(n_way, s.shape[1]).index_add_(0, support_y, s)  # (n_way, D) sums; norm makes it a mean
-    return (F.normalize(query, dim=1) @ F.normalize(protos, dim=1).T).argmax(1)  # (Q,)
+def prototype_predict(support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Nearest class mean by cosine, for a batch of episodes.
+
+    support (E, n_way, K, D), query (E, Q, D) -> predicted way (E, Q)."""
+    protos = F.normalize(F.normalize(support, dim=-1).mean(2), dim=-1)  # (E, n_way, D)
+    return torch.bmm(F.normalize(query, dim=-1), protos.transpose(1, 2)).argmax(-1)  # (E, Q)
+
+
+def sample_episodes(labels: np.ndarray, classes: np.ndarray, n_way: int, per_class: int, episodes: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Indices (E, n_way, per_class): distinct classes per episode, distinct images per class."""
+    ways = np.argsort(rng.random((episodes, len(classes))), axis=1)[:, :n_way]  # (E, n_way) class positions
+    out = np.empty((episodes, n_way, per_class), dtype=np.int64)
+    for pos, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        e, w = np.nonzero(ways == pos)  # the episodes (and their way slot) that drew class c
+        if len(e):
+            # a random key per (episode, member), smallest keys first: a random subset per episode
+            pick = np.argsort(rng.random((len(e), len(members))), axis=1)[:, :per_class]
+            out[e, w] = members[pick]
+    return out
 
 
 def few_shot_accuracy(features: np.ndarray, labels: np.ndarray, n_way: int = 5, k_shot: int = 1,
-                      queries: int = 15, episodes: int = 600, seed: int = 0) -> dict:
+                      queries: int = 15, episodes: int = 600, seed: int = 0, batch: int = 100) -> dict:
     """Mean accuracy of ``episodes`` random episodes; shrinks ``n_way``/``queries`` (and says so) on tiny data."""
     x = torch.as_tensor(features, dtype=torch.float32)  # (N, D)
     labels = np.asarray(labels)
-    by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
-    eligible = [c for c, idx in by_class.items() if len(idx) >= k_shot + 1]  # a support set and >= 1 query
+    counts = {c: int((labels == c).sum()) for c in np.unique(labels)}
+    eligible = np.array([c for c, n in counts.items() if n >= k_shot + 1])  # a support set and >= 1 query
     if len(eligible) < 2:
         return {"skipped": f"needs >= 2 classes with >= {k_shot + 1} test images"}
     n_way_used = min(n_way, len(eligible))
-    queries_used = min(queries, min(len(by_class[c]) for c in eligible) - k_shot)
+    queries_used = min(queries, min(counts[c] for c in eligible) - k_shot)
     rng = np.random.default_rng(seed)
-    acc = np.empty(episodes)
-    support_y = torch.arange(n_way_used).repeat_interleave(k_shot)  # (n_way*K,)
-    query_y = torch.arange(n_way_used).repeat_interleave(queries_used)  # (n_way*Q,)
-    for e in range(episodes):
-        classes = rng.choice(eligible, size=n_way_used, replace=False)
-        picks = [rng.choice(by_class[c], size=k_shot + queries_used, replace=False) for c in classes]
-        support = x[np.concatenate([p[:k_shot] for p in picks])]  # (n_way*K, D)
-        query = x[np.concatenate([p[k_shot:] for p in picks])]  # (n_way*Q, D)
-        acc[e] = float((prototype_episode(support, support_y, query, n_way_used) == query_y).float().mean())
+    idx = sample_episodes(labels, eligible, n_way_used, k_shot + queries_used, episodes, rng)  # (E, n_way, K+Q)
+    truth = torch.arange(n_way_used).repeat_interleave(queries_used)  # (n_way*Q,) way of each query
+    acc = []
+    for start in range(0, episodes, batch):  # batches of episodes bound the memory: (b, n_way*Q, D)
+        ep = torch.from_numpy(idx[start:start + batch])  # (b, n_way, K+Q)
+        support = x[ep[:, :, :k_shot]]  # (b, n_way, K, D)
+        query = x[ep[:, :, k_shot:]].flatten(1, 2)  # (b, n_way*Q, D)
+        acc.append((prototype_predict(support, query) == truth).float().mean(1))  # (b,)
+    acc = torch.cat(acc).numpy()
     return {"accuracy": float(acc.mean()), "ci95": float(1.96 * acc.std() / np.sqrt(episodes)),
             "n_way": n_way_used, "k_shot": k_shot, "queries_per_class": queries_used, "episodes": episodes,
             "classifier": "prototype (nearest class mean), cosine", "seed": seed}

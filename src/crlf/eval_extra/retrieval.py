@@ -14,6 +14,20 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 
+def ranked_relevance(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Relevance bits (m, N) in order of decreasing similarity, row by row.
+
+    Why not ``argsort``: a full ranking of 10,000 x 50,000 similarities by ``torch.argsort`` takes about a
+    minute on 2 cores; numpy's SIMD value sort is ~15x faster but returns values, not indices. So the
+    relevance bit is stored in the lowest mantissa bit of each similarity (a change of one unit in the last
+    place, ~1e-7, which can only reorder exact near-ties) and read back after sorting the values.
+    """
+    bits = np.ascontiguousarray(sim, dtype=np.float32).view(np.int32)  # (m, N) the float's bit pattern
+    bits = (bits & ~np.int32(1)) | relevant.astype(np.int32)  # (m, N) low bit = relevance
+    ordered = np.sort(bits.view(np.float32), axis=1)[:, ::-1]  # (m, N) descending similarity
+    return np.ascontiguousarray(ordered).view(np.int32) & 1  # (m, N) 0/1
+
+
 @torch.no_grad()
 def retrieval_metrics(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                       ks=(1, 5, 10), chunk: int = 256) -> dict:
@@ -21,26 +35,22 @@ def retrieval_metrics(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarr
     mAP: mean over queries of the average precision of the full train list ranked by cosine similarity,
     where "relevant" means "same class"; queries whose class is absent from train are left out."""
     bank = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)  # (N, D)
-    bank_y = torch.as_tensor(np.asarray(train_y), dtype=torch.int64)  # (N,)
+    bank_y = np.asarray(train_y)  # (N,)
     queries = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)  # (M, D)
-    query_y = torch.as_tensor(np.asarray(test_y), dtype=torch.int64)  # (M,)
-    kmax = min(max(ks), len(bank))
+    query_y = np.asarray(test_y)  # (M,)
     positions = torch.arange(1, len(bank) + 1, dtype=torch.float32)  # (N,) ranks 1..N
     hits = {k: 0 for k in ks}
     ap_sum, ap_count = 0.0, 0
     for start in range(0, len(queries), chunk):
         q_y = query_y[start:start + chunk]  # (m,)
-        sim = queries[start:start + chunk] @ bank.T  # (m, N)
-        order = sim.argsort(dim=1, descending=True)  # (m, N) full ranking, needed for mAP
-        relevant = (bank_y[order] == q_y[:, None]).float()  # (m, N) 1 where the ranked item shares the class
+        sim = (queries[start:start + chunk] @ bank.T).numpy()  # (m, N)
+        rel = torch.from_numpy(ranked_relevance(sim, bank_y[None, :] == q_y[:, None])).float()  # (m, N) ranked
         for k in ks:
-            hits[k] += int(relevant[:, :min(k, kmax)].amax(1).sum())
-        n_rel = relevant.sum(1)  # (m,)
-        precision = relevant.cumsum(1) / positions  # (m, N) precision at every rank
-        ap = (precision * relevant).sum(1) / n_rel.clamp_min(1)  # (m,)
+            hits[k] += int(rel[:, :k].amax(1).sum())
+        n_rel = rel.sum(1)  # (m,)
+        ap = (rel.cumsum(1) / positions * rel).sum(1) / n_rel.clamp_min(1)  # (m,) mean precision at each hit
         ap_sum += float(ap[n_rel > 0].sum())
         ap_count += int((n_rel > 0).sum())
-        del sim, order, relevant, precision
     out = {f"recall@{k}": hits[k] / len(queries) for k in ks}
     out["mAP"] = ap_sum / max(ap_count, 1)
     out |= {"metric": "cosine", "queries": "test", "database": "train", "num_queries": int(len(queries)),
