@@ -185,3 +185,59 @@ def test_run_metrics_json_has_the_new_sections(tiny_run):
     assert set(m["retrieval"]) >= {"recall@1", "recall@5", "recall@10", "mAP"}
     assert 0 <= m["clustering"]["nmi"] <= 1
     assert m["label_efficiency"]["fractions"]["100%"]["linear_top1"] == m["linear_top1"]
+
+
+# ------------------------------------------------------------------------------ fine-tuning (opt-in flags)
+
+def test_random_crop_flip_is_per_sample_and_keeps_pixels():
+    from crlf.eval_extra.finetune import random_crop_flip
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    x = x.repeat(32, 1, 1, 1)  # (64, 3, 8, 8): 32 copies of two images
+    out = random_crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert len({tuple(o[0, 4].tolist()) for o in out[::2]}) > 1  # different crops/flips within one batch
+    centre = out[:, :, 3:5, 3:5]  # the 1-pixel shift keeps every centre pixel inside the source image
+    assert set(centre.unique().tolist()) <= set(x.unique().tolist())
+
+
+def test_mixup_cutmix_give_soft_targets():
+    from crlf.eval_extra.finetune import build_mix
+
+    mix = build_mix("both", 3)
+    x, y = torch.rand(8, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    xm, target = mix(x, y)
+    assert xm.shape == x.shape and target.shape == (8, 3)
+    torch.testing.assert_close(target.sum(1), torch.ones(8))
+    assert build_mix("none", 3) is None
+    with pytest.raises(ValueError):
+        build_mix("cutout", 3)
+
+
+def test_evaluate_finetune_and_supervised_baseline_flags(tiny_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    from crlf.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["evaluate", str(run), "--finetune", "--supervised-baseline", "--finetune-epochs", "1",
+                 "--mix", "cutmix", "--device", "cpu", "--quiet"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("finetune", "supervised_baseline"):
+        assert list(m[key]["fractions"]) == ["1%", "10%", "100%"]
+        assert all(0 <= v["top1"] <= 1 for v in m[key]["fractions"].values())
+        assert m[key]["epochs"] == 1 and m[key]["mix"] == "cutmix"
+    assert m["finetune"]["encoder_lr"] < m["finetune"]["lr"]  # the pretrained backbone moves slowly
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "not run" not in page.split('id="label-efficiency"')[1].split("<h2")[0]
+
+
+def test_evaluate_help_names_the_expensive_flags(capsys):
+    from crlf.cli import main
+
+    assert main(["evaluate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "EXPENSIVE" in text and "--finetune" in text and "--supervised-baseline" in text

@@ -25,6 +25,8 @@ def label_efficiency_plot(metrics: dict, path: Path) -> Path:
         for x, y in points:
             ax.annotate(f"{y:.1%}", (x * 100, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax.set_xscale("log")
+    ax.set_xticks([1, 10, 100], ["1 %", "10 %", "100 %"])
+    ax.minorticks_off()
     ax.set_xlabel("training labels used (%)")
     ax.set_ylabel("test top-1")
     ax.set_ylim(0, 1.05)

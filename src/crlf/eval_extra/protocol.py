@@ -43,7 +43,7 @@ def check_disjoint(train_images: np.ndarray, test_images: np.ndarray, sample: in
             f"leaked into training (is the test folder inside the train folder, or the same folder twice?).")
     if dup:
         warnings.warn(f"{len(dup)} of {len(idx)} sampled test images also occur in the training split "
-                      f"(exact duplicates in the dataset); recorded in metrics.json['protocol'].")
+                      f"(exact duplicates in the dataset); recorded in metrics.json['protocol'].", stacklevel=2)
     return record
 
 

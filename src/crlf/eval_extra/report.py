@@ -27,8 +27,8 @@ PLOTS = [  # (file in plots/, caption)
     ("confusion_matrix.png", "Linear probe confusion matrix on the test split"),
     ("neighbours.png", "Nearest training images of a few test images"),
 ]
-SECTIONS = ["summary", "data", "hardware", "metrics", "label-efficiency", "few-shot", "retrieval",
-            "protocol", "per-class", "plots", "config"]
+SECTIONS = ["summary", "plots", "label-efficiency", "few-shot", "retrieval", "per-class", "protocol", "data",
+            "hardware", "metrics", "config"]  # in page order: pictures and headline numbers first
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
@@ -37,7 +37,8 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;flex-wrap:wrap;gap:1em}.card{border:1px solid #ddd;border-radius:8px;padding:.6em 1em;min-width:9em}
 .card .v{font-size:1.6em;font-weight:600}.card .k{color:#666;font-size:.85em}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:1em;align-items:start}
+.figs figure.wide{grid-column:1/-1}figure{margin:0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
 pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:.85em}.note{color:#a15c00}
 """
 
@@ -55,6 +56,8 @@ def flatten(obj, prefix: str = "") -> dict:
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list):
@@ -71,9 +74,10 @@ def _table(rows, header=None) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _img(path: Path, caption: str) -> str:
+def _img(path: Path, caption: str, wide: bool = False) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+    cls = ' class="wide"' if wide else ""
+    return (f'<figure{cls}><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
@@ -147,11 +151,36 @@ def render(metrics: dict, history: list[dict], run_dir: Path, notes: list[str]) 
     parts = [f"<h1>CRLF run: {html.escape(run_dir.name)}</h1>",
              f"<p>{html.escape(cfg.get('method', {}).get('name', 'simclr'))} · "
              f"{html.escape(cfg.get('model', {}).get('arch', ''))} · {m.get('epochs', len(history))} epochs · "
-             f"{html.escape(str(m.get('data', '')))}</p>"]
+             f"{html.escape(str(m.get('data', '')))} · pretraining {m.get('pretrain_time_s', '?')} s + "
+             f"evaluation {m.get('eval_time_s', '?')} s on {html.escape(str(m.get('hardware', '?')))}</p>"]
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in notes]
     parts.append('<h2 id="summary">Summary</h2><div class="cards">' + "".join(
         f'<div class="card"><div class="v">{html.escape(v)}</div><div class="k">{html.escape(k)}</div></div>'
         for k, v in cards) + "</div>")
+    figures = [_img(run_dir / "plots" / name, caption, wide=name == "neighbours.png") for name, caption in PLOTS
+               if (run_dir / "plots" / name).is_file()]
+    parts.append('<h2 id="plots">Plots</h2><div class="figs">' + "".join(figures) + "</div>")
+    ft = m.get("finetune", {}).get("fractions", {})
+    sb = m.get("supervised_baseline", {}).get("fractions", {})
+    rows = [(k, v.get("num_labels"), _pct(v.get("linear_top1")),
+             _pct(ft[k]["top1"]) if k in ft else "not run", _pct(sb[k]["top1"]) if k in sb else "not run")
+            for k, v in le.items()]
+    parts.append('<h2 id="label-efficiency">Label efficiency</h2>'
+                 + _table(rows, ["labels", "images", "linear probe", "fine-tuned", "supervised from scratch"])
+                 + "<p>Fine-tuning and the supervised baseline are opt-in (slow on a CPU): "
+                   "<code>crlf evaluate DIR --finetune --supervised-baseline</code>.</p>")
+    fs_rows = [(k, f"skipped: {v['skipped']}", None, None, None, None, None) if "skipped" in v else
+               (k, _pct(v["accuracy"]), f"± {v['ci95']:.1%}", v["n_way"], v["k_shot"], v["queries_per_class"],
+                v["episodes"]) for k, v in fs.items()]
+    parts.append('<h2 id="few-shot">Few-shot (prototype classifier, cosine)</h2>'
+                 + _table(fs_rows, ["task", "accuracy", "95 % CI", "ways", "shots", "queries/class", "episodes"]))
+    parts.append('<h2 id="retrieval">Retrieval and clustering</h2>' + _table(
+        [(k, v) for k, v in ret.items()] + [(f"k-means {k}", v) for k, v in clu.items()], ["metric", "value"]))
+    per_class = m.get("per_class_accuracy", {})
+    parts.append('<h2 id="per-class">Per-class accuracy (linear probe)</h2>'
+                 + _table([(c, _pct(a)) for c, a in per_class.items()], ["class", "top-1"]))
+    parts.append('<h2 id="protocol">Evaluation protocol (checked in code)</h2>'
+                 + _table(list(flatten(m.get("protocol", {})).items()), ["check", "result"]))
     parts.append('<h2 id="data">Data</h2>' + _table([
         ("data copy", m.get("data")), ("source", m.get("data_source")), ("checksum", m.get("data_checksum")),
         ("train images (pretraining and probe)", m.get("num_train")), ("test images", m.get("num_test")),
@@ -164,29 +193,9 @@ def render(metrics: dict, history: list[dict], run_dir: Path, notes: list[str]) 
          ("python", m.get("python")), ("git commit", m.get("git_commit")), ("seed", m.get("seed"))] + times))
     skip = ("config.", "confusion_matrix", "classes", "per_class_accuracy.", "protocol.")
     scalars = [(k, v) for k, v in flatten(m).items() if not k.startswith(skip)]
-    parts.append('<h2 id="metrics">Every metric</h2>' + _table(scalars, ["metric", "value"]))
-    rows = [(k, v.get("num_labels"), v.get("linear_top1"),
-             m.get("finetune", {}).get("fractions", {}).get(k, {}).get("top1", "not run"),
-             m.get("supervised_baseline", {}).get("fractions", {}).get(k, {}).get("top1", "not run"))
-            for k, v in le.items()]
-    parts.append('<h2 id="label-efficiency">Label efficiency</h2>'
-                 + _table(rows, ["labels", "images", "linear probe", "fine-tuned", "supervised from scratch"])
-                 + "<p>Fine-tuning and the supervised baseline are opt-in: "
-                   "<code>crlf evaluate DIR --finetune --supervised-baseline</code>.</p>")
-    fs_rows = [(k, v.get("accuracy", v.get("skipped")), v.get("ci95"), v.get("n_way"), v.get("k_shot"),
-                v.get("queries_per_class"), v.get("episodes")) for k, v in fs.items()]
-    parts.append('<h2 id="few-shot">Few-shot (prototype classifier, cosine)</h2>'
-                 + _table(fs_rows, ["task", "accuracy", "± 95 % CI", "ways", "shots", "queries/class", "episodes"]))
-    parts.append('<h2 id="retrieval">Retrieval and clustering</h2>' + _table(
-        [(k, v) for k, v in ret.items()] + [(f"k-means {k}", v) for k, v in clu.items()], ["metric", "value"]))
-    parts.append('<h2 id="protocol">Evaluation protocol (checked in code)</h2>'
-                 + _table(list(flatten(m.get("protocol", {})).items()), ["check", "result"]))
-    per_class = m.get("per_class_accuracy", {})
-    parts.append('<h2 id="per-class">Per-class accuracy (linear probe)</h2>'
-                 + _table(list(per_class.items()), ["class", "top-1"]))
-    figures = [_img(run_dir / "plots" / name, caption) for name, caption in PLOTS
-               if (run_dir / "plots" / name).is_file()]
-    parts.append('<h2 id="plots">Plots</h2>' + "".join(figures))
+    parts.append(f'<h2 id="metrics">Every metric</h2><details><summary>all {len(scalars)} values of '
+                 f"metrics.json (per-class accuracy, protocol and config are above and below)</summary>"
+                 + _table(scalars, ["metric", "value"]) + "</details>")
     parts.append('<h2 id="config">Config</h2><pre>' + html.escape(yaml.safe_dump(cfg, sort_keys=False)) + "</pre>")
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
