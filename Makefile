@@ -8,7 +8,7 @@ CONFIG ?= configs/seed.yaml
 OUT    ?= runs/main
 ARGS   ?=
 
-.PHONY: install run run-seed test bench bench-budget clean
+.PHONY: install run run-seed test bench clean
 
 install: $(STAMP)
 
@@ -31,10 +31,7 @@ test: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
 bench: install
-	$(PY) bench/throughput.py $(ARGS)
-
-bench-budget: install
-	$(PY) bench/budget.py --data $(DATA) $(ARGS)
+	$(PY) bench/eval_speed.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
