@@ -1,10 +1,10 @@
 """Command line: argument parsing only; the work happens in the modules it calls.
 
-    crlf run       --config configs/fast-cpu.yaml --data cifar10 --out runs/r1   # pretrain + evaluate + plot
+    crlf run       --config configs/seed.yaml --data cifar10 --out runs/r1       # pretrain + evaluate + plot + report
     crlf pretrain  --config configs/seed.yaml --data ../shared/data/cifar10-jpeg.tar.gz --out runs/seed
     crlf evaluate  runs/r1 [--finetune] [--supervised-baseline]                 # the last two: slow on a CPU
     crlf report    runs/r1                                                      # -> runs/r1/report.html
-    crlf sweep     --config configs/fast-cpu.yaml --seeds 0 1 2 --out runs/sweep   # mean ± std over seeds
+    crlf sweep     --config configs/seed.yaml --seeds 0 1 2 --out runs/sweep      # mean ± std over seeds
     crlf compare   runs/a runs/b --out compare.png                              # table + overlaid curves
     crlf plot      runs/r1
     crlf embed     runs/r1 --data my_images/ --out emb.npy
@@ -64,7 +64,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _add_train_flags(p: argparse.ArgumentParser, with_out: bool = True) -> None:
-    p.add_argument("--config", type=Path, help="YAML config (configs/seed.yaml, configs/fast-cpu.yaml, ...)")
+    p.add_argument("--config", type=Path, help="YAML config, e.g. configs/seed.yaml (the reference recipe)")
     p.add_argument("--data", help="cifar10 | cifar100 | image folder | .tar/.tar.gz/.zip archive of one")
     if with_out:
         p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (default: runs/latest)")
