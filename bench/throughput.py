@@ -1,0 +1,109 @@
+"""Pretraining throughput of CRLF against the bare model's compute bound, measured in the same run.
+
+    python bench/throughput.py [--data ../shared/data/cifar10-jpeg.tar.gz] [--configs configs/seed.yaml ...]
+
+For each config: (a) the real training loop, ``crlf pretrain`` on a class-balanced subset for two epochs,
+reading the warm second epoch's images/s from metrics.jsonl (one image = one pair of views: augmentation,
+encoder on both views, head, NT-Xent, optimiser step); (b) the bound: the same encoder + head + optimiser
+fed random float views of the same shapes (no augmentation, no data). Prints both, their ratio and each
+process's peak resident memory. Run it alone on the machine: a second CPU-heavy process distorts it.
+Expect the ratio near 1.0 when the data pipeline and loss cost almost nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bound(config: str, steps: int, warmup: int) -> None:
+    """Child process: time the bare step on random views; print one JSON line."""
+    import torch
+
+    from crlf.config import load_config
+    from crlf.methods.simclr import NTXentLoss
+    from crlf.train import build_models, build_optimizer
+
+    cfg = load_config(config)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(0)
+    encoder, head = build_models(cfg)
+    if cfg.train.channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, list(encoder.parameters()) + list(head.parameters()))
+    loss_fn = NTXentLoss(cfg.method.temperature)
+    b, s = cfg.train.batch_size, cfg.data.image_size
+    views = torch.randn(2 * b, 3, s, s)  # (2B, 3, S, S): both views in one batch, as in training
+    if cfg.train.channels_last:
+        views = views.contiguous(memory_format=torch.channels_last)
+    autocast = cfg.train.precision == "bf16"
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            z = head(encoder(views))  # (2B, D)
+        loss = loss_fn(z[:b].float(), z[b:].float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    pairs_per_s = steps * b / (time.perf_counter() - t0)
+    print(json.dumps({"pairs_per_s": pairs_per_s,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def real_loop(config: str, data: str, steps_per_epoch: int) -> dict:
+    cfg_batch = _batch_size(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "crlf.cli", "pretrain", "--config", config, "--data", data, "--out", str(run),
+               "--epochs", "2", "--limit", str(steps_per_epoch * cfg_batch), "--quiet"]
+        subprocess.run(cmd, check=True, cwd=REPO)
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"pairs_per_s": history[-1]["images_per_s"], "peak_rss_mb": peak}
+
+
+def _batch_size(config: str) -> int:
+    from crlf.config import load_config
+
+    return load_config(config).train.batch_size
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+    p.add_argument("--configs", nargs="+", default=["configs/seed.yaml"])
+    p.add_argument("--steps", type=int, default=10, help="timed steps of the bound")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps-per-epoch", type=int, default=20, help="steps per epoch of the real loop")
+    p.add_argument("--bound-only", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.bound_only:
+        bound(args.bound_only, args.steps, args.warmup)
+        return 0
+    rows = []
+    for config in args.configs:
+        loop = real_loop(config, args.data, args.steps_per_epoch)
+        out = subprocess.run([sys.executable, __file__, "--bound-only", config, "--steps", str(args.steps),
+                              "--warmup", str(args.warmup)], check=True, capture_output=True, text=True, cwd=REPO)
+        b = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append((config, loop, b))
+    print("| config | crlf pairs/s | bound pairs/s | crlf / bound | crlf peak RSS | bound peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for config, loop, b in rows:
+        print(f"| {config} | {loop['pairs_per_s']:.0f} | {b['pairs_per_s']:.0f} | "
+              f"{loop['pairs_per_s'] / b['pairs_per_s']:.2f} | {loop['peak_rss_mb']:.0f} MB | {b['peak_rss_mb']:.0f} MB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
