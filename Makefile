@@ -32,6 +32,7 @@ test: install
 
 bench: install
 	$(PY) bench/eval_speed.py $(ARGS)
+	$(PY) bench/throughput.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
