@@ -200,3 +200,12 @@ def drop_large_files(folder: Path, limit: int = 1 << 20) -> None:
     for path in folder.rglob("*"):
         if path.is_file() and path.stat().st_size > limit:
             path.unlink()
+
+
+def make_reference(base: Path) -> dict:
+    """A tiny image folder, a shared decode cache, and the uninterrupted reference run in ``base``."""
+    data, cache = write_tiny_folder(base / "data"), base / "cache"
+    result = fork_pretrain(data, base / "reference", cache)
+    assert result.returncode == 0, result.output
+    assert "collapse" not in result.output  # a healthy run does not warn
+    return {"data": data, "cache": cache, "reference": load_reference(base / "reference"), "base": base}

@@ -41,19 +41,15 @@ from helpers_faults import (
     drop_large_files,
     fork_cli,
     fork_pretrain,
-    load_reference,
-    write_tiny_folder,
+    make_reference,
 )
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """A tiny image folder, a shared decode cache, and the uninterrupted reference run."""
     base = tmp_path_factory.mktemp("faults")
-    data, cache = write_tiny_folder(base / "data"), base / "cache"
-    result = fork_pretrain(data, base / "reference", cache)
-    assert result.returncode == 0, result.output
-    assert "collapse" not in result.output
-    yield {"data": data, "cache": cache, "reference": load_reference(base / "reference"), "base": base}
+    yield make_reference(base)
     drop_large_files(base)
 
 

@@ -25,9 +25,8 @@ from helpers_faults import (
     checkpoint_step,
     drop_large_files,
     fork_pretrain,
-    load_reference,
+    make_reference,
     run_pretrain,
-    write_tiny_folder,
 )
 
 
@@ -35,11 +34,7 @@ from helpers_faults import (
 def tiny(tmp_path_factory):
     """A tiny image folder, a shared decode cache, and the uninterrupted reference run."""
     base = tmp_path_factory.mktemp("resume")
-    data, cache = write_tiny_folder(base / "data"), base / "cache"
-    result = fork_pretrain(data, base / "reference", cache)
-    assert result.returncode == 0, result.output
-    assert "collapse" not in result.output  # a healthy run does not warn
-    yield {"data": data, "cache": cache, "reference": load_reference(base / "reference"), "base": base}
+    yield make_reference(base)
     drop_large_files(base)
 
 
