@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 # Imported once here, so that forked children (below) start with torch and torchvision loaded.
 import crlf.cli
@@ -209,3 +210,11 @@ def make_reference(base: Path) -> dict:
     assert result.returncode == 0, result.output
     assert "collapse" not in result.output  # a healthy run does not warn
     return {"data": data, "cache": cache, "reference": load_reference(base / "reference"), "base": base}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Module-scoped: a tiny image folder, a shared decode cache and the uninterrupted reference run."""
+    base = tmp_path_factory.mktemp("reference")
+    yield make_reference(base)
+    drop_large_files(base)

@@ -41,16 +41,8 @@ from helpers_faults import (
     drop_large_files,
     fork_cli,
     fork_pretrain,
-    make_reference,
+    tiny,  # noqa: F401 - the shared module fixture
 )
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny image folder, a shared decode cache, and the uninterrupted reference run."""
-    base = tmp_path_factory.mktemp("faults")
-    yield make_reference(base)
-    drop_large_files(base)
 
 
 @pytest.fixture

@@ -25,17 +25,9 @@ from helpers_faults import (
     checkpoint_step,
     drop_large_files,
     fork_pretrain,
-    make_reference,
     run_pretrain,
+    tiny,  # noqa: F401 - the shared module fixture
 )
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny image folder, a shared decode cache, and the uninterrupted reference run."""
-    base = tmp_path_factory.mktemp("resume")
-    yield make_reference(base)
-    drop_large_files(base)
 
 
 @pytest.fixture

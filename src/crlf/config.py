@@ -198,6 +198,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return cfg
 
 
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved config of a run folder (``RUN/config.yaml``); light to import, unlike the pipeline."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"'{run_dir}' is not a CRLF run folder (no config.yaml). Run crlf pretrain --out {run_dir} first.")
+    return load_config(path)
+
+
 def save_config(cfg: Config, path: Path) -> None:
     from crlf.io import atomic_write_text
 

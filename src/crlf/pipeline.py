@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save as safetensors_bytes
 
-from crlf.config import Config, apply_overrides, load_config, to_dict
+from crlf.config import apply_overrides, load_run_config, to_dict
 from crlf.data.sources import balanced_subset, load_dataset
 from crlf.errors import UsageError
 from crlf.eval_extra.finetune import finetune_metrics
@@ -21,12 +21,7 @@ from crlf.io import atomic_write_bytes, atomic_write_json
 from crlf.models.encoder import ResNetEncoder
 from crlf.runtime import environment_record, resolve_device
 
-
-def run_config(run_dir: Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UsageError(f"'{run_dir}' is not a CRLF run folder (no config.yaml). Run crlf pretrain --out {run_dir} first.")
-    return load_config(path)
+run_config = load_run_config  # kept under this name for callers of crlf.pipeline
 
 
 def read_history(run_dir: Path) -> list[dict]:

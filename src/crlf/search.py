@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crlf.config import load_run_config  # not crlf.pipeline: it imports scikit-learn (2-3 s)
 from crlf.data.augment import normalize
 from crlf.data.decode import BadImage, decode_image
 from crlf.errors import UsageError
@@ -101,15 +102,6 @@ class NeighbourIndex:
         return self._centres[c]
 
 
-def _run_config(run_dir: Path):
-    """Not crlf.pipeline.run_config: that module imports scikit-learn (2-3 s), and the demo must start fast."""
-    from crlf.config import load_config
-
-    if not (run_dir / "config.yaml").is_file():
-        raise UsageError(f"'{run_dir}' is not a CRLF run folder (no config.yaml); pass a finished run's folder.")
-    return load_config(run_dir / "config.yaml")
-
-
 @dataclass
 class Neighbour:
     rank: int
@@ -129,7 +121,7 @@ class RunSearch:
         from crlf.models.encoder import ResNetEncoder
 
         self.run_dir = run_dir = Path(run_dir)
-        self.cfg = cfg = _run_config(run_dir)
+        self.cfg = cfg = load_run_config(run_dir)
         needed = ["train_embeddings.npy", "train_labels.npy", "linear_probe.safetensors"]
         missing = [name for name in needed if not (run_dir / name).is_file()]
         if missing:
@@ -261,7 +253,7 @@ def search_command(run_dir: Path, image: Path, k: int = 8, out: Path = Path("gri
     if out.resolve() == image.resolve():
         raise UsageError(f"--out '{out}' would overwrite the query image; choose another name.")
     try:  # the user's own file: no upload cap, but the same decoding (EXIF, modes, bombs) as everywhere
-        query = decode_image(image.read_bytes(), _run_config(Path(run_dir)).data.image_size)
+        query = decode_image(image.read_bytes(), load_run_config(run_dir).data.image_size)
     except BadImage as exc:  # said before the run and its images are loaded
         raise UsageError(f"'{image}' cannot be used: {exc}.") from None
     run = RunSearch(run_dir, data=data, device=device, progress=True)
