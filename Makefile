@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# A separate environment for the benchmarks' third-party baseline (Lightly SSL), never imported by crlf.
+BENCH_VENV  := .venv-lightly
+BENCH_STAMP := $(BENCH_VENV)/.installed
 DATA   ?= cifar10
 CONFIG ?= configs/seed.yaml
 OUT    ?= runs/main
 ARGS   ?=
 
-.PHONY: install run run-seed test bench clean
+.PHONY: install bench-env run run-seed test bench bench-budget clean
 
 install: $(STAMP)
 
@@ -21,6 +24,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	touch $(STAMP)
 
+bench-env: $(BENCH_STAMP)
+
+$(BENCH_STAMP):
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 lightly==1.6.0 kornia==0.9.0 pyyaml
+	touch $(BENCH_STAMP)
+
 run: install
 	$(VENV)/bin/crlf run --config $(CONFIG) --data $(DATA) --out $(OUT) $(ARGS)
 
@@ -30,9 +40,13 @@ run-seed: install
 test: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
-bench: install
+bench: install bench-env
 	$(PY) bench/eval_speed.py $(ARGS)
-	$(PY) bench/throughput.py $(ARGS)
+	$(PY) bench/throughput.py --lightly-python $(BENCH_VENV)/bin/python $(ARGS)
+
+# The full fast-cpu run (~25 min on 2 CPU cores): wall time, linear and kNN top-1.
+bench-budget: install
+	$(PY) bench/budget.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache

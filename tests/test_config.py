@@ -24,6 +24,17 @@ def test_flags_override_yaml(tmp_path):
     assert cfg.train.epochs == 3 and cfg.optim.lr == 0.1 and cfg.train.batch_size == 256
 
 
+def test_set_flag_reads_yaml_values_and_wins_over_dedicated_flags():
+    from crlf.cli import build_parser, train_overrides
+
+    args = build_parser().parse_args(["pretrain", "--lr", "0.1", "--set", "optim.lr=0.002", "--set",
+                                      "augment.crop_scale=[0.3, 1]", "--set", "augment.blur_p=0",
+                                      "--set", "optim.schedule=cosine"])
+    cfg = load_config(SEED_CONFIG, train_overrides(args))
+    assert cfg.optim.lr == 0.002 and cfg.augment.crop_scale == (0.3, 1.0)
+    assert cfg.augment.blur_p == 0.0 and cfg.optim.schedule == "cosine"
+
+
 def test_round_trip_through_dict():
     cfg = load_config(SEED_CONFIG)
     assert apply_overrides(Config(), to_dict(cfg)) == cfg
@@ -63,6 +74,12 @@ def test_unknown_key_in_yaml_file(tmp_path):
     (["pretrain", "--config", "nope.yaml"], "does not exist"),
     (["pretrain", "--data", "/no/such/folder"], "does not exist"),
     (["evaluate", "/no/such/run"], "not a CRLF run folder"),
+    (["pretrain", "--set", "train.epochs"], "--set takes SECTION.KEY=VALUE"),
+    (["pretrain", "--set", "epochs=3"], "--set takes SECTION.KEY=VALUE"),
+    (["pretrain", "--set", "train.epoch=3"], "Did you mean 'epochs'"),
+    (["pretrain", "--set", "augment.crop_scale=[0.2, 1"], "is not a valid value"),
+    (["pretrain", "--set", "train.low_res_epochs=2"], "train.low_res_size must be between 8 and"),
+    (["pretrain", "--set", "train.low_res_epochs=2", "--set", "train.low_res_size=64"], "low_res_size must be"),
 ])
 def test_cli_bad_input_exits_2_with_message(argv, message, capsys, tmp_path):
     code = main(argv + (["--out", str(tmp_path / "r")] if argv[0] == "pretrain" else []))

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -85,9 +86,11 @@ def _pretrain(data, out, *extra):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
+    # With progressive resizing on: epoch 1 at 16 px, epoch 2 at the full 32 px, across the resume too.
     data = make_image_folder(tmp_path / "data", train_per_class=8, test_per_class=2)
-    assert _pretrain(data, tmp_path / "straight", "--epochs", "2") == 0
-    assert _pretrain(data, tmp_path / "resumed", "--epochs", "1") == 0
+    progressive = ["--set", "train.low_res_epochs=1", "--set", "train.low_res_size=16"]
+    assert _pretrain(data, tmp_path / "straight", "--epochs", "2", *progressive) == 0
+    assert _pretrain(data, tmp_path / "resumed", "--epochs", "1", *progressive) == 0
     assert _pretrain(data, tmp_path / "resumed", "--epochs", "2", "--resume") == 0
     a = load_file(tmp_path / "straight" / "encoder.safetensors")
     b = load_file(tmp_path / "resumed" / "encoder.safetensors")
@@ -96,6 +99,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
                           np.load(tmp_path / "resumed" / "step_losses.npy"))
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    assert [json.loads(x)["view_size"] for x in lines] == [16, 32]
 
 
 def test_batch_larger_than_dataset_is_a_usage_error(tmp_path, capsys):
@@ -113,3 +117,19 @@ def test_reference_entry_point_script(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "linear top-1" in result.stdout
     assert (tmp_path / "run" / "plots" / "confusion_matrix.png").is_file()
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("configs/fast-cpu.yaml", ["--epochs", "2", "--set", "train.low_res_epochs=1"]),
+    # The GPU recipe on the CPU (its CIFAR stem, BatchNorm head, fused SGD, warm-up, bf16 autocast); the
+    # compilation is left to the GPU run (minutes of compiling on 2 cores).
+    ("configs/cifar-gpu.yaml", ["--epochs", "1", "--set", "train.compile=false", "--eval-every", "0"]),
+])
+def test_shipped_configs_run_on_cpu(config, extra, tmp_path):
+    data = make_image_folder(tmp_path / "data", train_per_class=8, test_per_class=2)
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", str(REPO / config), "--data", str(data), "--out", str(out),
+                 "--batch-size", "16", "--device", "cpu", "--quiet", *extra]) == 0
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in history)
+    assert ResNetEncoder.from_pretrained(out).stem == yaml.safe_load((REPO / config).read_text())["model"]["stem"]

@@ -83,6 +83,8 @@ def _add_train_flags(p: argparse.ArgumentParser, with_out: bool = True) -> None:
     p.add_argument("--on-bad-image", choices=["error", "skip"], help="stop at a bad image (default) or skip it")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue the run in --out (or from this checkpoint file)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="set_keys",
+                   help="any config key, e.g. --set augment.blur_p=0 --set optim.schedule=cosine (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -155,12 +157,32 @@ def build_parser() -> Parser:
 
 
 def train_overrides(args: argparse.Namespace) -> dict:
+    """Config overrides from the dedicated flags, then from ``--set`` (which wins)."""
     overrides: dict = {}
     for flag, (section, key) in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides.setdefault(section, {})[key] = value
+    for item in getattr(args, "set_keys", None) or []:
+        section, key, value = parse_set(item)
+        overrides.setdefault(section, {})[key] = value
     return overrides
+
+
+def parse_set(item: str) -> tuple[str, str, object]:
+    """``"augment.crop_scale=[0.3, 1]"`` -> ``("augment", "crop_scale", [0.3, 1])``; the value is read as YAML."""
+    import yaml
+
+    name, sep, text = item.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise UsageError(f"--set takes SECTION.KEY=VALUE (e.g. --set optim.lr=0.001), got '{item}'.")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UsageError(f"--set {name}: '{text}' is not a valid value (YAML: a number, true/false, a word or "
+                         f"a list like [0.2, 1.0]).") from None
+    return section, key, value
 
 
 def _pretrain(args: argparse.Namespace) -> Path:

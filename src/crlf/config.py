@@ -87,6 +87,10 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     checkpoint_every_steps: int = 0  # 0 = only at the end of each epoch
     eval_every: int = 0  # online kNN monitor every N epochs; 0 = off
+    # Progressive resizing: the first ``low_res_epochs`` epochs crop views to ``low_res_size`` pixels
+    # (cheaper steps: ~2.9x at 16 px vs 32 px with the ImageNet stem on a CPU), the rest to data.image_size.
+    low_res_size: int = 0  # 0 = off
+    low_res_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,11 @@ def validate(cfg: Config) -> None:
     _check(t.threads >= 0, f"train.threads must be >= 0 (got {t.threads}).")
     _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0.")
     _check(t.eval_every >= 0, "train.eval_every must be >= 0.")
+    _check(t.low_res_epochs >= 0, f"train.low_res_epochs must be >= 0 (got {t.low_res_epochs}).")
+    if t.low_res_epochs:
+        _check(8 <= t.low_res_size <= d.image_size,
+               f"train.low_res_size must be between 8 and data.image_size={d.image_size} when train.low_res_epochs "
+               f"is set (got {t.low_res_size}).")
     _check(d.limit is None or d.limit >= 2, f"data.limit must be >= 2 images (got {d.limit}).")
     _check(d.image_size >= 8, f"data.image_size must be >= 8 pixels (got {d.image_size}).")
     _check_choice(d.on_bad_image, ("error", "skip"), "data.on_bad_image")

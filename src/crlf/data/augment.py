@@ -203,9 +203,20 @@ class PILAugment:
     """The reference's per-image torchvision pipeline (slow; for fidelity checks)."""
 
     def __init__(self, cfg: AugmentConfig, out_size: int):
+        self.cfg = cfg
+        self.out_size = out_size  # may change between epochs (progressive resizing)
+        self._transforms: dict = {}
+
+    @property
+    def transform(self):
+        if self.out_size not in self._transforms:
+            self._transforms[self.out_size] = self._build(self.out_size)
+        return self._transforms[self.out_size]
+
+    def _build(self, out_size: int):
         from torchvision import transforms as T
 
-        self.cfg = cfg
+        cfg = self.cfg
         steps = [
             T.RandomResizedCrop(out_size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio)),
             T.RandomHorizontalFlip(cfg.flip_p),
@@ -216,7 +227,7 @@ class PILAugment:
             blur = T.GaussianBlur(cfg.blur_kernel, sigma=tuple(cfg.blur_sigma))
             steps.append(blur if cfg.blur_p >= 1 else T.RandomApply([blur], p=cfg.blur_p))
         steps += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
-        self.transform = T.Compose(steps)
+        return T.Compose(steps)
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
@@ -228,8 +239,9 @@ class PILAugment:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             pils = [Image.fromarray(np.ascontiguousarray(a)) for a in array]
-            v1 = torch.stack([self.transform(im) for im in pils])
-            v2 = torch.stack([self.transform(im) for im in pils])
+            transform = self.transform
+            v1 = torch.stack([transform(im) for im in pils])
+            v2 = torch.stack([transform(im) for im in pils])
         return v1.to(images.device), v2.to(images.device)
 
 

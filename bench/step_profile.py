@@ -1,0 +1,96 @@
+"""Where the seconds of one pretraining step go: augmentation, forward, loss, backward, optimiser.
+
+    python bench/step_profile.py [--config configs/fast-cpu.yaml] [--sizes 16 32] [--steps 6] [--top 8]
+
+Builds the step from the same pieces as crlf.train (augment, encoder + head over both views, NT-Xent,
+optimiser) on real CIFAR-10 images, times each phase over --steps steps after one warm-up step, per view
+size, and prints milliseconds per phase and its share; with --top N also torch.profiler's N most expensive
+operators. Run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def profile(config: str, data: str, size: int, steps: int, top: int) -> None:
+    from crlf.config import load_config
+    from crlf.data.augment import build_augment
+    from crlf.data.sources import load_dataset
+    from crlf.methods.simclr import NTXentLoss
+    from crlf.train import build_models, build_optimizer
+
+    cfg = load_config(config)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(0)
+    images = torch.from_numpy(load_dataset(data, cfg.data.image_size, "error", progress=False).train.images)
+    encoder, head = build_models(cfg)
+    if cfg.train.channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, list(encoder.parameters()) + list(head.parameters()))
+    augment = build_augment(cfg.augment, size)
+    loss_fn = NTXentLoss(cfg.method.temperature)
+    b = cfg.train.batch_size
+    gen = torch.Generator().manual_seed(1)
+    phases = dict.fromkeys(("augment", "forward", "loss", "backward", "optimiser"), 0.0)
+
+    def step(record: bool) -> None:
+        marks = [time.perf_counter()]
+        idx = torch.randint(0, len(images), (b,), generator=gen)
+        v1, v2 = augment(images[idx], gen)  # (B, 3, S, S) twice
+        views = torch.cat([v1, v2])
+        if cfg.train.channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        marks.append(time.perf_counter())
+        z = head(encoder(views))  # (2B, D)
+        marks.append(time.perf_counter())
+        loss = loss_fn(z[:b], z[b:])
+        marks.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        marks.append(time.perf_counter())
+        optimizer.step()
+        marks.append(time.perf_counter())
+        if record:
+            for name, t0, t1 in zip(phases, marks, marks[1:]):
+                phases[name] += t1 - t0
+
+    step(False)
+    for _ in range(steps):
+        step(True)
+    total = sum(phases.values())
+    print(f"\n{config}, {size}-px views, batch {b}: {total / steps * 1000:.0f} ms per step, "
+          f"{steps * b / total:.0f} pairs/s")
+    print("| phase | ms per step | share |")
+    print("|---|---|---|")
+    for name, seconds in phases.items():
+        print(f"| {name} | {seconds / steps * 1000:.0f} | {seconds / total:.0%} |")
+    if top:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            step(False)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/fast-cpu.yaml")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--top", type=int, default=0)
+    args = p.parse_args(argv)
+    for size in args.sizes:
+        profile(args.config, args.data, size, args.steps, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
