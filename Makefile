@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 BENCH_VENV  := .venv-lightly
 BENCH_STAMP := $(BENCH_VENV)/.installed
 DATA   ?= cifar10
-CONFIG ?= configs/seed.yaml
+# The fast CPU recipe by default; the CIFAR-stem GPU recipe where an NVIDIA GPU answers nvidia-smi.
+CONFIG ?= $(if $(shell nvidia-smi -L 2>/dev/null),configs/cifar-gpu.yaml,configs/fast-cpu.yaml)
 OUT    ?= runs/main
 ARGS   ?=
 
