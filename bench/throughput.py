@@ -36,6 +36,9 @@ def bound(config: str, steps: int, warmup: int) -> None:
     from crlf.methods.simclr import NTXentLoss
     from crlf.train import build_models, build_optimizer
 
+    from crlf.runtime import flush_denormals
+
+    flush_denormals()  # as crlf does
     cfg = load_config(config)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

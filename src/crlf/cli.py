@@ -242,6 +242,9 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    from crlf.runtime import flush_denormals
+
+    flush_denormals()  # first thing, before torch's CPU thread pool exists (see its docstring)
     if args.command == "pretrain":
         run_dir = _pretrain(args)
         print(f"pretraining done; weights in {run_dir / 'encoder.safetensors'}")

@@ -42,7 +42,7 @@ from crlf.io import atomic_write_text
 from crlf.methods.simclr import NTXentLoss
 from crlf.models.encoder import ResNetEncoder
 from crlf.models.heads import ProjectionHead
-from crlf.runtime import environment_record, resolve_device
+from crlf.runtime import environment_record, flush_denormals, resolve_device
 
 COLLAPSE_STD_FRACTION = 0.1  # warn when the embedding std falls below 10 % of a uniform spread (1/sqrt(D))
 
@@ -173,6 +173,7 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
         cfg = apply_overrides(_Config(), checkpoint["config"], origin=f"'{checkpoint_path}'")
         if cli_overrides:
             cfg = apply_overrides(cfg, cli_overrides, origin="the command line")
+    flush_denormals()  # no-op if the CLI already did it; from Python, best called before any torch work
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)

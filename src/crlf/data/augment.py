@@ -156,21 +156,34 @@ class TensorAugment:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def _color_jitter(self, x, p) -> torch.Tensor:
-        ones = torch.ones_like(p["bri"])
-        zero = torch.zeros_like(p["hue"])
-        for slot in range(4):  # slot k applies op order[:, k]; a factor of 1 (hue 0) leaves an image as it is
-            op = torch.where(p["jitter"], p["order"][:, slot], torch.full_like(p["order"][:, slot], -1))
-            if bool((op == 0).any()):
-                x = _blend(x, torch.zeros_like(x), torch.where(op == 0, p["bri"], ones))
-            if bool((op == 1).any()):
-                mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-                x = _blend(x, mean, torch.where(op == 1, p["con"], ones))
-            if bool((op == 2).any()):
-                x = _blend(x, _grayscale(x), torch.where(op == 2, p["sat"], ones))
-            chosen = torch.nonzero((op == 3) & (p["hue"] != 0)).squeeze(1)
-            if chosen.numel():  # hue is the costly op (RGB->HSV->RGB): only on the images that need it
-                x = x.index_copy(0, chosen, _adjust_hue(x[chosen], torch.where(op == 3, p["hue"], zero)[chosen]))
-        return x
+        # Each jittered image applies its 4 ops in its own random order: in slot k, the images whose k-th
+        # op is brightness get brightness, and so on. Each op runs only on the images that take it in that
+        # slot (index_select / index_copy_), so a slot touches every image once instead of once per op.
+        jittered = torch.nonzero(p["jitter"]).squeeze(1)  # (J,)
+        if not jittered.numel():
+            return x
+        y = x.index_select(0, jittered)  # (J, 3, S, S)
+        order = p["order"].index_select(0, jittered)  # (J, 4)
+        bri, con, sat, hue = (p[k].index_select(0, jittered) for k in ("bri", "con", "sat", "hue"))
+        for slot in range(4):
+            for op in range(4):
+                chosen = order[:, slot] == op
+                if op == 3:
+                    chosen &= hue != 0  # a hue shift of 0 is the identity (and the costly op: skip it)
+                sel = torch.nonzero(chosen).squeeze(1)
+                if not sel.numel():
+                    continue
+                part = y.index_select(0, sel)  # (n, 3, S, S)
+                if op == 0:
+                    part = _blend(part, torch.zeros_like(part), bri[sel])
+                elif op == 1:
+                    part = _blend(part, _grayscale(part).mean(dim=(1, 2, 3), keepdim=True), con[sel])
+                elif op == 2:
+                    part = _blend(part, _grayscale(part), sat[sel])
+                else:
+                    part = _adjust_hue(part, hue[sel])
+                y.index_copy_(0, sel, part)
+        return x.index_copy(0, jittered, y)
 
     def _gaussian_blur(self, x, p) -> torch.Tensor:
         k = self.cfg.blur_kernel
