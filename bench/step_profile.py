@@ -25,9 +25,8 @@ def profile(config: str, data: str, size: int, steps: int, top: int) -> None:
     from crlf.data.augment import build_augment
     from crlf.data.sources import load_dataset
     from crlf.methods.simclr import NTXentLoss
-    from crlf.train import build_models, build_optimizer
-
     from crlf.runtime import flush_denormals
+    from crlf.train import build_models, build_optimizer
 
     flush_denormals()  # as crlf does
     cfg = load_config(config)

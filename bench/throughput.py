@@ -34,38 +34,51 @@ def bound(config: str, steps: int, warmup: int) -> None:
 
     from crlf.config import load_config
     from crlf.methods.simclr import NTXentLoss
+    from crlf.runtime import flush_denormals, resolve_device
     from crlf.train import build_models, build_optimizer
-
-    from crlf.runtime import flush_denormals
 
     flush_denormals()  # as crlf does
     cfg = load_config(config)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
     torch.manual_seed(0)
     encoder, head = build_models(cfg)
+    encoder.to(device)
+    head.to(device)
     if cfg.train.channels_last:
         encoder.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, list(encoder.parameters()) + list(head.parameters()))
     forward_encoder = torch.compile(encoder) if cfg.train.compile else encoder  # compiled in the warm-up
     loss_fn = NTXentLoss(cfg.method.temperature)
     b, s = cfg.train.batch_size, cfg.data.image_size
-    views = torch.randn(2 * b, 3, s, s)  # (2B, 3, S, S): both views in one batch, as in training
+    views = torch.randn(2 * b, 3, s, s, device=device)  # (2B, 3, S, S): both views in one batch, as in training
     if cfg.train.channels_last:
         views = views.contiguous(memory_format=torch.channels_last)
     autocast = cfg.train.precision == "bf16"
     for i in range(warmup + steps):
         if i == warmup:
+            _synchronize(device)
             t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             z = head(forward_encoder(views))  # (2B, D)
         loss = loss_fn(z[:b].float(), z[b:].float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    _synchronize(device)
     pairs_per_s = steps * b / (time.perf_counter() - t0)
     print(json.dumps({"pairs_per_s": pairs_per_s,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def real_loop(config: str, data: str, steps_per_epoch: int) -> dict:
