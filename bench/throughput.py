@@ -133,9 +133,9 @@ def main(argv=None) -> int:
     p.add_argument("--configs", nargs="+", default=["configs/fast-cpu.yaml", "configs/seed.yaml"])
     p.add_argument("--lightly-python", help="python of the Lightly environment (make bench-env); omit to skip it")
     p.add_argument("--lightly-workers", type=int, default=2, help="DataLoader workers for Lightly (default 2)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps of the bound")
+    p.add_argument("--steps", type=int, default=20, help="timed steps of the bound")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps-per-epoch", type=int, default=20, help="steps per epoch of the real loop")
+    p.add_argument("--steps-per-epoch", type=int, default=30, help="steps per epoch of the real loop")
     p.add_argument("--bound-only", metavar="CONFIG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.bound_only:
