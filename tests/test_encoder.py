@@ -38,3 +38,28 @@ def test_rejects_pretrained_and_unknown_stem():
         ResNetEncoder(stem="tiny")
     with pytest.raises(ValueError):
         ResNetEncoder(pretrained=True)
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_trimmed_taps_compute_the_same_function_as_torchvision(size):
+    # layer4 (and layer3 at 16 px) run on 1x1 / 2x2 maps; the trimmed convolutions must give torchvision's
+    # outputs and gradients exactly (fp64, so only the summation order can differ).
+    import torchvision
+
+    from crlf.models.encoder import TapTrimmedConv2d
+
+    torch.manual_seed(0)
+    enc = ResNetEncoder().double()
+    assert sum(isinstance(m, TapTrimmedConv2d) for m in enc.modules()) == 16
+    ref = torchvision.models.resnet18()
+    ref.fc = torch.nn.Identity()
+    ref.load_state_dict(enc.state_dict(), strict=False)
+    ref.double()
+    x = torch.randn(6, 3, size, size, dtype=torch.float64)
+    ours, theirs = enc(x), ref(x)  # (6, 512), training mode: batch statistics in BatchNorm
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
+    (ours ** 2).sum().backward()
+    (theirs ** 2).sum().backward()
+    ref_params = dict(ref.named_parameters())
+    for name, p in enc.named_parameters():
+        torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-9, atol=1e-9)

@@ -10,10 +10,44 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+class TapTrimmedConv2d(nn.Conv2d):
+    """A 3x3, padding-1 convolution that skips the taps that only ever see padding.
+
+    With the ImageNet stem at 32 px (16 px), layer4 (layer3 too) runs on 1x1 maps: there a 3x3 convolution
+    is exactly its centre tap, a 1x1 convolution, and on a 2x2 map with stride 2 exactly its lower-right
+    2x2 taps. Computing only those gives the same function (and the same gradients: the skipped taps get
+    zero gradient either way) at 1/9 or 4/9 of the multiply-adds; oneDNN would multiply the padding
+    zeros too. The weights stay 3x3, so checkpoints and torchvision compatibility are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if (h, w) == (1, 1):  # any stride: the output is 1x1 and sees the centre tap only
+            return F.conv2d(x, self.weight[:, :, 1:2, 1:2], self.bias)
+        if (h, w) == (2, 2) and self.stride == (2, 2):  # output 1x1 over input rows/cols 0-1 = taps 1-2
+            return F.conv2d(x, self.weight[:, :, 1:3, 1:3], self.bias)
+        return super().forward(x)
+
+
+def _trim_taps(module: nn.Module) -> None:
+    """Swap every 3x3 / padding-1 / ungrouped convolution for a TapTrimmedConv2d sharing its parameters."""
+    for name, child in module.named_children():
+        if (type(child) is nn.Conv2d and child.kernel_size == (3, 3) and child.padding == (1, 1)
+                and child.dilation == (1, 1) and child.groups == 1 and child.padding_mode == "zeros"):
+            trimmed = TapTrimmedConv2d(child.in_channels, child.out_channels, 3, child.stride, 1,
+                                       bias=child.bias is not None)
+            trimmed.weight = child.weight
+            trimmed.bias = child.bias
+            setattr(module, name, trimmed)
+        else:
+            _trim_taps(child)
 
 
 class ResNetEncoder(nn.Module):
@@ -32,6 +66,7 @@ class ResNetEncoder(nn.Module):
         if stem == "cifar":
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
+        _trim_taps(net)
         self.arch, self.stem = arch, stem
         self.feature_dim = FEATURE_DIMS[arch]
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"):
