@@ -26,7 +26,7 @@ def profile(config: str, data: str, size: int, steps: int, top: int) -> None:
     from crlf.data.sources import load_dataset
     from crlf.methods.simclr import NTXentLoss
     from crlf.runtime import flush_denormals
-    from crlf.train import build_models, build_optimizer
+    from crlf.train import build_training_modules
 
     flush_denormals()  # as crlf does
     cfg = load_config(config)
@@ -34,10 +34,7 @@ def profile(config: str, data: str, size: int, steps: int, top: int) -> None:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(0)
     images = torch.from_numpy(load_dataset(data, cfg.data.image_size, "error", progress=False).train.images)
-    encoder, head = build_models(cfg)
-    if cfg.train.channels_last:
-        encoder.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, list(encoder.parameters()) + list(head.parameters()))
+    encoder, head, optimizer = build_training_modules(cfg)
     augment = build_augment(cfg.augment, size)
     loss_fn = NTXentLoss(cfg.method.temperature)
     b = cfg.train.batch_size

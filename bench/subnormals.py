@@ -25,17 +25,14 @@ def child(checkpoint: str, size: int, steps: int, flush: bool) -> None:
     torch.set_flush_denormal(flush)  # first, before any parallel torch op creates the thread pool
     from crlf.config import Config, apply_overrides
     from crlf.methods.simclr import NTXentLoss
-    from crlf.train import build_models, build_optimizer
+    from crlf.train import build_training_modules
 
     ck = torch.load(checkpoint, weights_only=True, map_location="cpu")
     cfg = apply_overrides(Config(), ck["config"])
     b = cfg.train.batch_size
-    encoder, head = build_models(cfg)
+    encoder, head, optimizer = build_training_modules(cfg)
     encoder.load_state_dict(ck["encoder"])
     head.load_state_dict(ck["head"])
-    if cfg.train.channels_last:
-        encoder.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, list(encoder.parameters()) + list(head.parameters()))
     optimizer.load_state_dict(ck["optimizer"])
     loss_fn = NTXentLoss(cfg.method.temperature)
     views = torch.randn(2 * b, 3, size, size, generator=torch.Generator().manual_seed(0))  # (2B, 3, S, S)

@@ -35,7 +35,7 @@ def bound(config: str, steps: int, warmup: int) -> None:
     from crlf.config import load_config
     from crlf.methods.simclr import NTXentLoss
     from crlf.runtime import flush_denormals, resolve_device
-    from crlf.train import build_models, build_optimizer
+    from crlf.train import build_training_modules
 
     flush_denormals()  # as crlf does
     cfg = load_config(config)
@@ -43,12 +43,7 @@ def bound(config: str, steps: int, warmup: int) -> None:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(0)
-    encoder, head = build_models(cfg)
-    encoder.to(device)
-    head.to(device)
-    if cfg.train.channels_last:
-        encoder.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, list(encoder.parameters()) + list(head.parameters()))
+    encoder, head, optimizer = build_training_modules(cfg, device)
     forward_encoder = torch.compile(encoder) if cfg.train.compile else encoder  # compiled in the warm-up
     loss_fn = NTXentLoss(cfg.method.temperature)
     b, s = cfg.train.batch_size, cfg.data.image_size
