@@ -1,9 +1,9 @@
-"""Where the seconds of one pretraining step go: augmentation, forward, loss, backward, optimiser.
+"""Where the seconds of one pretraining step go: augmentation, forward + loss, backward, optimiser.
 
     python bench/step_profile.py [--config configs/fast-cpu.yaml] [--sizes 16 32] [--steps 6] [--top 8]
 
-Builds the step from the same pieces as crlf.train (augment, encoder + head over both views, NT-Xent,
-optimiser) on real CIFAR-10 images, times each phase over --steps steps after one warm-up step, per view
+Runs the loop's own step (the config's augmentation, then crlf.step.train_step: the method's forward and
+loss, backward, optimiser) on real CIFAR-10 images, times each phase over --steps steps after one warm-up step, per view
 size, and prints milliseconds per phase and its share; with --top N also torch.profiler's N most expensive
 operators. Run it alone on the machine.
 """
@@ -22,10 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def profile(config: str, data: str, size: int, steps: int, top: int) -> None:
     from crlf.config import load_config
-    from crlf.data.augment import build_augment
+    from crlf.data.augment import build_augment, view_specs
     from crlf.data.sources import load_dataset
-    from crlf.methods.simclr import NTXentLoss
+    from crlf.methods.base import StepClock
     from crlf.runtime import flush_denormals
+    from crlf.step import train_step
     from crlf.train import build_training_modules
 
     flush_denormals()  # as crlf does
@@ -34,30 +35,20 @@ def profile(config: str, data: str, size: int, steps: int, top: int) -> None:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(0)
     images = torch.from_numpy(load_dataset(data, cfg.data.image_size, "error", progress=False).train.images)
-    encoder, head, optimizer = build_training_modules(cfg)
-    augment = build_augment(cfg.augment, size)
-    loss_fn = NTXentLoss(cfg.method.temperature)
+    method, optimizer = build_training_modules(cfg, num_images=len(images))
+    augment = build_augment(cfg.augment, cfg.data.image_size)
+    specs = view_specs(cfg.augment, cfg.data.image_size, size)
     b = cfg.train.batch_size
     gen = torch.Generator().manual_seed(1)
-    phases = dict.fromkeys(("augment", "forward", "loss", "backward", "optimiser"), 0.0)
+    clock = StepClock(0.0, cfg.train.epochs)
+    phases = dict.fromkeys(("augment", "forward + loss", "backward", "optimiser"), 0.0)
 
     def step(record: bool) -> None:
         marks = [time.perf_counter()]
         idx = torch.randint(0, len(images), (b,), generator=gen)
-        v1, v2 = augment(images[idx], gen)  # (B, 3, S, S) twice
-        views = torch.cat([v1, v2])
-        if cfg.train.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
+        views = augment(images[idx], gen, specs)  # [(B, 3, S, S)] per view
         marks.append(time.perf_counter())
-        z = head(encoder(views))  # (2B, D)
-        marks.append(time.perf_counter())
-        loss = loss_fn(z[:b], z[b:])
-        marks.append(time.perf_counter())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        marks.append(time.perf_counter())
-        optimizer.step()
-        marks.append(time.perf_counter())
+        train_step(method, optimizer, views, clock, marks=marks)  # marks: forward + loss, backward, optimiser
         if record:
             for name, t0, t1 in zip(phases, marks, marks[1:]):
                 phases[name] += t1 - t0

@@ -2,9 +2,9 @@
 
     python bench/subnormals.py RUN/checkpoint.pt [--size 16] [--steps 4]
 
-Counts the encoder weights below float32's smallest normal number (1.18e-38), then times forward,
-backward and optimiser step of that checkpoint (its model, head and Adam state, batch of its config, random
-views of --size px) twice, each in a fresh process: with subnormals flushed to zero (what crlf does,
+Counts the backbone weights below float32's smallest normal number (1.18e-38), then times forward,
+backward and optimiser step of that checkpoint (its method, heads and optimiser state, batch of its config,
+random views of --size px, crlf.step.train_step) twice, each in a fresh process: with subnormals flushed to zero (what crlf does,
 `crlf.runtime.flush_denormals`, set before torch's thread pool starts) and without. Run it alone.
 """
 
@@ -23,34 +23,29 @@ def child(checkpoint: str, size: int, steps: int, flush: bool) -> None:
     import torch
 
     torch.set_flush_denormal(flush)  # first, before any parallel torch op creates the thread pool
+    from pathlib import Path
+
+    from crlf.checkpoint import load_checkpoint_file
     from crlf.config import Config, apply_overrides
-    from crlf.methods.simclr import NTXentLoss
+    from crlf.methods.base import StepClock
+    from crlf.step import train_step
     from crlf.train import build_training_modules
 
-    ck = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    ck = load_checkpoint_file(Path(checkpoint))
     cfg = apply_overrides(Config(), ck["config"])
     b = cfg.train.batch_size
-    encoder, head, optimizer = build_training_modules(cfg)
-    encoder.load_state_dict(ck["encoder"])
-    head.load_state_dict(ck["head"])
+    method, optimizer = build_training_modules(cfg)
+    method.load_state_dict(ck["method"])
     optimizer.load_state_dict(ck["optimizer"])
-    loss_fn = NTXentLoss(cfg.method.temperature)
-    views = torch.randn(2 * b, 3, size, size, generator=torch.Generator().manual_seed(0))  # (2B, 3, S, S)
-    if cfg.train.channels_last:
-        views = views.contiguous(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)
+    views = [torch.randn(b, 3, size, size, generator=gen) for _ in range(2)]  # (B, 3, S, S) twice
+    clock = StepClock(ck["progress"]["epoch"], cfg.train.epochs)
     spent = [0.0, 0.0, 0.0]
     for i in range(steps + 1):  # the first step is a warm-up
-        t0 = time.perf_counter()
-        z = head(encoder(views))  # (2B, D)
-        loss = loss_fn(z[:b], z[b:])
-        t1 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t2 = time.perf_counter()
-        optimizer.step()
-        t3 = time.perf_counter()
+        marks = [time.perf_counter()]
+        train_step(method, optimizer, views, clock, marks=marks)  # marks: forward, backward, optimiser done
         if i:
-            spent = [spent[0] + t1 - t0, spent[1] + t2 - t1, spent[2] + t3 - t2]
+            spent = [s + t1 - t0 for s, t0, t1 in zip(spent, marks, marks[1:])]
     print(json.dumps({"flush": flush, "ms": [round(s / steps * 1000) for s in spent]}))
 
 
@@ -64,13 +59,15 @@ def main(argv=None) -> int:
     if args.child:
         child(args.checkpoint, args.size, args.steps, args.child == "1")
         return 0
-    import torch
+    from pathlib import Path
 
-    weights = torch.load(args.checkpoint, weights_only=True, map_location="cpu")["encoder"]
-    floats = [w for w in weights.values() if w.is_floating_point()]
+    from crlf.checkpoint import load_checkpoint_file
+
+    weights = load_checkpoint_file(Path(args.checkpoint))["method"]
+    floats = [w for k, w in weights.items() if k.startswith("backbone.") and w.is_floating_point()]
     subnormal = sum(int(((w != 0) & (w.abs() < SMALLEST_NORMAL)).sum()) for w in floats)
     total = sum(w.numel() for w in floats)
-    print(f"subnormal encoder weights: {subnormal:,} of {total:,} ({subnormal / total:.0%})")
+    print(f"subnormal backbone weights: {subnormal:,} of {total:,} ({subnormal / total:.0%})")
     print(f"| subnormals | forward ms | backward ms | optimiser ms | ({args.size}-px random views) |")
     print("|---|---|---|---|---|")
     for flag, name in (("0", "kept"), ("1", "flushed to zero")):

@@ -5,12 +5,12 @@
 
 For each config, at its full view size (progressive resizing off, so every row has the same shapes):
 (a) the real training loop, ``crlf pretrain`` on a class-balanced subset for two epochs, reading the warm
-second epoch's images/s from metrics.jsonl (one image = one pair of views: augmentation, encoder on both
-views, head, NT-Xent, optimiser step); (b) Lightly SSL's SimCLR as its docs show it (bench/lightly_simclr.py,
+second epoch's images/s from metrics.jsonl (one image = one pair of views: augmentation, backbone on both
+views, the method's heads and loss, optimiser step); (b) Lightly SSL's SimCLR as its docs show it (bench/lightly_simclr.py,
 run in the separate environment `make bench-env` builds: SimCLRTransform per image, a DataLoader with 2
 workers, SimCLRProjectionHead, NTXentLoss) on the same torchvision ResNet-18, batch, view size, head widths
-and optimiser; (c) the bound: the same encoder + head + optimiser fed random float views of the same shapes
-(no augmentation, no data). Prints each, the ratios crlf/Lightly and crlf/bound, and peak resident memory.
+and optimiser; (c) the bound: the same training step (``crlf.step.train_step``: method + optimiser) fed random float views
+of the same shapes (no augmentation, no data). Prints each, the ratios crlf/Lightly and crlf/bound, and peak resident memory.
 Run it alone on the machine: a second CPU-heavy process distorts it.
 """
 
@@ -33,8 +33,10 @@ def bound(config: str, steps: int, warmup: int) -> None:
     import torch
 
     from crlf.config import load_config
-    from crlf.methods.simclr import NTXentLoss
+    from crlf.data.augment import view_specs
+    from crlf.methods.base import StepClock
     from crlf.runtime import flush_denormals, resolve_device
+    from crlf.step import train_step
     from crlf.train import build_training_modules
 
     flush_denormals()  # as crlf does
@@ -43,24 +45,19 @@ def bound(config: str, steps: int, warmup: int) -> None:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(0)
-    encoder, head, optimizer = build_training_modules(cfg, device)
-    forward_encoder = torch.compile(encoder) if cfg.train.compile else encoder  # compiled in the warm-up
-    loss_fn = NTXentLoss(cfg.method.temperature)
-    b, s = cfg.train.batch_size, cfg.data.image_size
-    views = torch.randn(2 * b, 3, s, s, device=device)  # (2B, 3, S, S): both views in one batch, as in training
-    if cfg.train.channels_last:
-        views = views.contiguous(memory_format=torch.channels_last)
-    autocast = cfg.train.precision == "bf16"
+    method, optimizer = build_training_modules(cfg, device)
+    if cfg.train.compile:
+        method.compile_backbone()  # compiled in the warm-up
+    b = cfg.train.batch_size
+    views = [torch.randn(b, 3, spec.size, spec.size, device=device)  # (B, 3, S, S) per view, as in training
+             for spec in view_specs(cfg.augment, cfg.data.image_size) for _ in range(spec.count)]
+    autocast = torch.bfloat16 if cfg.train.precision == "bf16" else None
+    clock = StepClock(0.0, cfg.train.epochs)
     for i in range(warmup + steps):
         if i == warmup:
             _synchronize(device)
             t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            z = head(forward_encoder(views))  # (2B, D)
-        loss = loss_fn(z[:b].float(), z[b:].float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(method, optimizer, views, clock, autocast)
     _synchronize(device)
     pairs_per_s = steps * b / (time.perf_counter() - t0)
     print(json.dumps({"pairs_per_s": pairs_per_s,

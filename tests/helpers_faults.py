@@ -182,9 +182,9 @@ def assert_same_run(run: Path, reference: dict) -> None:
     different = [k for k in weights if not torch.equal(weights[k], reference["weights"][k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     state = load_checkpoint_file(run / LATEST)
-    for part in ("encoder", "head"):
-        different = [k for k, v in state[part].items() if not torch.equal(v, reference[part][k])]
-        assert not different, f"checkpoint {part}: {len(different)} tensors differ, e.g. {different[:3]}"
+    assert state["method"].keys() == reference["method"].keys()
+    different = [k for k, v in state["method"].items() if not torch.equal(v, reference["method"][k])]
+    assert not different, f"checkpoint method state: {len(different)} tensors differ, e.g. {different[:3]}"
     assert state["progress"]["global_step"] == len(reference["losses"])
 
 
@@ -192,8 +192,7 @@ def load_reference(run: Path) -> dict:
     from crlf.checkpoint import LATEST, load_checkpoint_file
 
     state = load_checkpoint_file(run / LATEST)
-    return {"weights": run_weights(run), "losses": step_losses(run), "encoder": state["encoder"],
-            "head": state["head"]}
+    return {"weights": run_weights(run), "losses": step_losses(run), "method": state["method"]}
 
 
 def drop_large_files(folder: Path, limit: int = 1 << 20) -> None:

@@ -31,7 +31,7 @@ from crlf.config import Config, save_config
 from crlf.export import export_encoder, save_array
 from crlf.io import atomic_write_json
 from crlf.models.encoder import ResNetEncoder
-from crlf.train import Progress, _finish_epoch, _write_metrics
+from crlf.train import Progress, warn_if_collapsed, write_training_metrics
 
 from helpers_faults import (
     REPO,
@@ -57,9 +57,8 @@ def sha256(path: Path) -> str:
 
 def assert_finite_checkpoint(path: Path) -> dict:
     state = load_checkpoint_file(path)
-    for part in ("encoder", "head"):
-        for name, tensor in state[part].items():
-            assert not tensor.is_floating_point() or torch.isfinite(tensor).all(), f"{path}: {part}.{name}"
+    for name, tensor in state["method"].items():
+        assert not tensor.is_floating_point() or torch.isfinite(tensor).all(), f"{path}: {name}"
     return state
 
 
@@ -139,18 +138,14 @@ def test_huge_learning_rate_stops_and_never_checkpoints_non_finite_weights(tiny,
         assert_finite_checkpoint(run / PREVIOUS)
 
 
-def _progress(std: float) -> Progress:
-    return Progress(epoch=0, step=2, epoch_loss_sum=2.0, epoch_std_sum=2 * std, epoch_time_s=1.0)
-
-
 def test_collapse_check_warns_only_near_zero_std():
-    cfg = Config()  # proj_out_dim 64: a uniform spread has a std of 1/8 per dimension
+    # 64 dimensions: unit vectors spread uniformly have a std of 1/8 per dimension; the threshold is 0.0125.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        record = _finish_epoch(_progress(0.1), 2, 4, 3e-4, cfg)
-    assert record["embedding_std"] == pytest.approx(0.1)
-    with pytest.warns(UserWarning, match=r"possible collapse at epoch 1: the std of the L2-normalised embeddings is 0\.0010"):
-        _finish_epoch(_progress(0.001), 2, 4, 3e-4, cfg)
+        warn_if_collapsed(0.1, 64, 1)
+        warn_if_collapsed(0.013, 64, 1)
+    with pytest.warns(UserWarning, match=r"possible collapse at epoch 3: the spread of the L2-normalised embeddings is 0\.0120"):
+        warn_if_collapsed(0.012, 64, 3)
 
 
 class _ConstantHead(nn.Module):
@@ -166,16 +161,18 @@ class _ConstantHead(nn.Module):
 
 
 def test_constant_projector_triggers_the_collapse_warning(tiny, work, monkeypatch):
-    build = crlf.train.build_models
+    build = crlf.train.build_training_modules
 
-    def build_with_constant_head(cfg):
-        encoder, head = build(cfg)
-        return encoder, _ConstantHead(head)
+    def build_with_constant_head(*args, **kwargs):
+        method, optimizer = build(*args, **kwargs)
+        method.projector = _ConstantHead(method.projector)  # the same parameters, which the optimiser holds
+        return method, optimizer
 
-    monkeypatch.setattr(crlf.train, "build_models", build_with_constant_head)
+    monkeypatch.setattr(crlf.train, "build_training_modules", build_with_constant_head)
     result = fork_pretrain(tiny["data"], work / "run", tiny["cache"], "--epochs", "1")  # the fork inherits the patch
     assert result.returncode == 0, result.output
-    assert "crlf: warning: possible collapse at epoch 1: the std of the L2-normalised embeddings is 0.0000" in result.output
+    assert ("crlf: warning: possible collapse at epoch 1: the spread of the L2-normalised embeddings is 0.0000"
+            in result.output)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -232,7 +229,7 @@ def encoder():
 
 
 def _write_checkpoint(run: Path, version: int, encoder) -> None:
-    save_checkpoint(run, {"encoder": {"w": torch.full((4,), float(version))}, "head": {}, "config": {},
+    save_checkpoint(run, {"method": {"w": torch.full((4,), float(version))}, "config": {},
                           "progress": {"global_step": version}})
 
 
@@ -251,7 +248,7 @@ def _write_metrics_json(run: Path, version: int, encoder) -> None:
 
 
 def _write_training_metrics(run: Path, version: int, encoder) -> None:
-    _write_metrics(run, Progress(history=[{"epoch": version, "loss": 1.0}], step_losses=[float(version)] * 3))
+    write_training_metrics(run, Progress(history=[{"epoch": version, "loss": 1.0}], step_losses=[float(version)] * 3))
 
 
 def _write_config(run: Path, version: int, encoder) -> None:
@@ -334,7 +331,7 @@ def test_every_write_in_the_source_goes_through_crlf_io():
                 modes += [k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
                 if any(set(str(m)) & set("wax+") for m in modes):
                     problems.append(f"{where}: open() for writing")
-            elif name in ("write_text", "write_bytes", "append_jsonl"):
+            elif name in ("write_text", "write_bytes"):
                 problems.append(f"{where}: {name}()")
             elif name in ("savefig", "save", "savez", "savez_compressed") and node.args:
                 target = node.args[1] if name == "save" and isinstance(node.func.value, ast.Name) \

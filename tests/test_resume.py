@@ -121,7 +121,7 @@ CORRUPTIONS = ["truncated", "zero bytes", "random bytes"]
 
 
 def small_state(step: int) -> dict:
-    return {"encoder": {"w": torch.full((3,), float(step))}, "head": {}, "config": {},
+    return {"method": {"w": torch.full((3,), float(step))}, "config": {},
             "progress": {"global_step": step}}
 
 

@@ -26,7 +26,10 @@ from crlf.io import atomic_open
 
 LATEST, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
 NEXT = ".checkpoint.pt.next"  # a complete new checkpoint between its write and its rename
-FORMAT = 1
+# Format 2: {"method": Method.state_dict()} holds the backbone and every part of the method (heads, momentum
+# target, queue, centre). Format 1 (SimCLR only, before the Method interface): {"encoder", "head"}.
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 def rng_state(aug_gen: torch.Generator) -> dict[str, Any]:
@@ -111,9 +114,28 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - damaged bytes surface as RuntimeError, EOFError, IndexError, ...
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(f"checkpoint '{path}' is corrupt or truncated ({detail}).") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "encoder" not in state:
-        raise UsageError(f"checkpoint '{path}' is not a CRLF checkpoint (format {FORMAT}).")
-    return state
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
+        found = state.get("format") if isinstance(state, dict) else None
+        hint = (f" It was written by a newer CRLF (format {found}); upgrade CRLF to resume it."
+                if isinstance(found, int) and found > FORMAT else "")
+        raise UsageError(f"checkpoint '{path}' is not a CRLF checkpoint (formats {READABLE_FORMATS}).{hint}")
+    expected = "method" if state["format"] == 2 else "encoder"
+    if expected not in state:
+        raise UsageError(f"checkpoint '{path}' is damaged: a format-{state['format']} checkpoint without "
+                         f"'{expected}'.")
+    return upgrade(state)
+
+
+def upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint (SimCLR: ``encoder`` + ``head``) in format 2's layout: the same tensors under
+    the SimCLR method's names (``backbone.*``, ``projector.*``), so such a run resumes exactly."""
+    if state["format"] == 2:
+        return state
+    method = {f"backbone.{k}": v for k, v in state.pop("encoder").items()}
+    method |= {f"projector.{k}": v for k, v in state.pop("head").items()}
+    progress = dict(state["progress"])
+    progress["epoch_log_sums"] = {"embedding_std": progress.pop("epoch_std_sum", 0.0)}
+    return {**state, "format": 2, "method": method, "progress": progress, "upgraded_from": 1}
 
 
 def find_resumable(run_dir: Path, explicit: Path | None = None) -> tuple[dict[str, Any], Path]:

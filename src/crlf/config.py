@@ -31,8 +31,21 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class CropSpec:
+    """``count`` views per image, each a random resized crop of ``scale`` of the image shown at ``size`` px.
+
+    The first crop spec of ``augment.crops`` gives the *global* views (the ones a momentum teacher or a
+    Sinkhorn assignment sees); later specs add cheaper local views (multi-crop, Caron et al., 2020)."""
+
+    size: int | None = None  # None: data.image_size (scaled down with it during low-resolution epochs)
+    count: int = 2
+    scale: tuple[float, float] | None = None  # None: augment.crop_scale
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     backend: str = "tensor"  # "tensor" (batched, per-sample parameters) | "pil" (per-image torchvision)
+    crops: tuple[CropSpec, ...] = (CropSpec(),)  # default: two views at data.image_size (SimCLR's pair)
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
@@ -53,26 +66,61 @@ class AugmentConfig:
 class ModelConfig:
     arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
     stem: str = "imagenet"  # "imagenet" (7x7/2 conv + maxpool) | "cifar" (3x3/1 conv, no maxpool)
+    # The method's projector: proj_layers linear layers (hidden width proj_hidden_dim) -> proj_out_dim.
     proj_hidden_dim: int = 256
     proj_out_dim: int = 64
+    proj_layers: int = 2
     proj_dropout: float = 0.0
-    proj_batchnorm: bool = False
+    proj_batchnorm: bool = False  # BatchNorm after each hidden linear layer
+    proj_last_batchnorm: bool = False  # BatchNorm (no affine) on the output too (SimSiam, MoCo v3)
+    # The predictor of BYOL, SimSiam and MoCo v3: proj_out_dim -> pred_hidden_dim -> proj_out_dim.
+    pred_hidden_dim: int = 512
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str = "simclr"
-    temperature: float = 0.07
+    """The method and its own hyper-parameters; each key says which methods read it."""
+
+    name: str = "simclr"  # simclr | mocov2 | mocov3 | byol | simsiam | swav | vicreg | barlowtwins | dino
+    temperature: float = 0.07  # simclr, mocov2, mocov3, swav (softmax of prototype scores), dino (student)
+    # Momentum target (mocov2, mocov3, byol, dino): EMA momentum from `momentum` to `momentum_final`
+    # on a cosine schedule over training (BYOL, Grill et al., 2020).
+    momentum: float = 0.99
+    momentum_final: float = 1.0
+    # mocov2: negatives queue length; swav: how many past embeddings join the Sinkhorn batch. Fitted down
+    # (with a warning) when the training set is too small for it. 0 = no queue.
+    queue_size: int = 0
+    queue_start_epoch: float = 0.0  # swav: start using the queue after this many epochs
+    # swav: prototypes; dino: output dimension of the head (its "prototypes").
+    num_prototypes: int = 3000
+    sinkhorn_epsilon: float = 0.05  # swav
+    sinkhorn_iterations: int = 3  # swav
+    freeze_prototypes_epochs: float = 0.0  # swav: prototypes get no update for this many epochs
+    # vicreg: weights of the invariance, variance and covariance terms (Bardes et al., 2022)
+    sim_weight: float = 25.0
+    var_weight: float = 25.0
+    cov_weight: float = 1.0
+    # barlowtwins: weight of the off-diagonal (redundancy) terms, lambda in Zbontar et al., 2021
+    redundancy_weight: float = 0.0051
+    # dino: teacher temperature, warmed up linearly from warmup_teacher_temperature; centre momentum
+    teacher_temperature: float = 0.04
+    warmup_teacher_temperature: float = 0.04
+    warmup_teacher_epochs: float = 0.0
+    center_momentum: float = 0.9
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd
+    name: str = "adam"  # adam | adamw | sgd | lars
     lr: float = 3e-4
     weight_decay: float = 1e-4
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd, lars
     schedule: str = "constant"  # constant | cosine
     warmup_epochs: float = 0.0
+    # No weight decay (and, for LARS, no trust-ratio scaling) on biases and normalisation weights, as most
+    # self-supervised papers do; the reference recipe decays every parameter.
+    exclude_bias_and_norm: bool = False
+    lars_eta: float = 0.02  # LARS trust coefficient (You et al., 2017; 0.02 as in solo-learn / BYOL)
 
 
 @dataclass(frozen=True)
@@ -118,6 +166,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     def plain(value: Any) -> Any:
         if isinstance(value, tuple):
             return [plain(v) for v in value]
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return value
 
     return {
@@ -132,9 +182,37 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(sorted(choices))}."
 
 
+def _coerce_crops(value: Any) -> tuple[CropSpec, ...]:
+    example = "e.g. [{size: 32, count: 2}, {size: 16, count: 4, scale: [0.1, 0.4]}]"
+    if not isinstance(value, (list, tuple)) or not value:
+        raise UsageError(f"augment.crops must be a non-empty list of {{size, count, scale}}, {example}; got {value!r}.")
+    known = [f.name for f in dataclasses.fields(CropSpec)]
+    crops = []
+    for i, item in enumerate(value):
+        if isinstance(item, CropSpec):
+            crops.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise UsageError(f"augment.crops[{i}] must be a mapping like {{size: 32, count: 2}}, got {item!r}.")
+        for key in item:
+            if key not in known:
+                raise UsageError(f"unknown key '{key}' in augment.crops[{i}].{_suggest(str(key), known)}")
+        size, count, scale = item.get("size"), item.get("count", 2), item.get("scale")
+        for key, v in (("size", size), ("count", count)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v):
+                raise UsageError(f"augment.crops[{i}].{key} must be an integer, got {v!r}.")
+        if scale is not None and (not isinstance(scale, (list, tuple)) or len(scale) != 2):
+            raise UsageError(f"augment.crops[{i}].scale must be a list of 2 numbers, got {scale!r}.")
+        crops.append(CropSpec(None if size is None else int(size), int(count),
+                              None if scale is None else (float(scale[0]), float(scale[1]))))
+    return tuple(crops)
+
+
 def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
     default = f.default
     where = f"{section}.{f.name}"
+    if f.name == "crops":
+        return _coerce_crops(value)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or len(value) != len(default):
             raise UsageError(f"config key '{where}' must be a list of {len(default)} numbers, got {value!r}.")
@@ -252,8 +330,10 @@ def validate(cfg: Config) -> None:
     _check_choice(a.backend, ("tensor", "pil"), "augment.backend")
     _check_choice(m.arch, ("resnet18", "resnet34", "resnet50"), "model.arch")
     _check_choice(m.stem, ("imagenet", "cifar"), "model.stem")
-    _check_choice(cfg.method.name, ("simclr",), "method.name")
-    _check_choice(o.name, ("adam", "adamw", "sgd"), "optim.name")
+    from crlf.methods import METHOD_NAMES  # names only: importing a method would import torch
+
+    _check_choice(cfg.method.name, METHOD_NAMES, "method.name")
+    _check_choice(o.name, ("adam", "adamw", "sgd", "lars"), "optim.name")
     _check_choice(o.schedule, ("constant", "cosine"), "optim.schedule")
     _check_choice(t.precision, ("fp32", "bf16"), "train.precision")
     _check(0 < a.crop_scale[0] <= a.crop_scale[1] <= 1, f"augment.crop_scale must satisfy 0 < min <= max <= 1 (got {list(a.crop_scale)}).")
@@ -269,5 +349,45 @@ def validate(cfg: Config) -> None:
     _check(all(s > 0 for s in a.std), "augment.std must be > 0.")
     _check(0 <= m.proj_dropout < 1, f"model.proj_dropout must be in [0, 1) (got {m.proj_dropout}).")
     _check(m.proj_hidden_dim >= 1 and m.proj_out_dim >= 1, "model.proj_hidden_dim and proj_out_dim must be >= 1.")
+    _check(m.proj_layers >= 1, f"model.proj_layers must be >= 1 (got {m.proj_layers}).")
+    _check(m.pred_hidden_dim >= 1, f"model.pred_hidden_dim must be >= 1 (got {m.pred_hidden_dim}).")
+    _check(o.lars_eta > 0, f"optim.lars_eta must be > 0 (got {o.lars_eta}).")
+    _validate_crops(cfg)
+    _validate_method(cfg.method)
     _check(cfg.eval.knn_k >= 1, "eval.knn_k must be >= 1.")
     _check(cfg.eval.knn_temperature > 0, "eval.knn_temperature must be > 0.")
+
+
+def _validate_crops(cfg: Config) -> None:
+    for i, crop in enumerate(cfg.augment.crops):
+        _check(crop.count >= 1, f"augment.crops[{i}].count must be >= 1 (got {crop.count}).")
+        if crop.size is not None:
+            _check(8 <= crop.size <= 4 * cfg.data.image_size,
+                   f"augment.crops[{i}].size must be between 8 and 4 x data.image_size (got {crop.size}).")
+        if crop.scale is not None:
+            _check(0 < crop.scale[0] <= crop.scale[1] <= 1,
+                   f"augment.crops[{i}].scale must satisfy 0 < min <= max <= 1 (got {list(crop.scale)}).")
+    _check(cfg.augment.crops[0].count >= 2,
+           f"augment.crops[0] gives the global views and needs count >= 2 (got {cfg.augment.crops[0].count}): "
+           f"every method compares at least two views of an image.")
+    if cfg.augment.backend == "pil":
+        _check(len(cfg.augment.crops) == 1 and cfg.augment.crops[0].count == 2,
+               "augment.backend=pil builds the reference's two views only; use the tensor backend for multi-crop.")
+
+
+def _validate_method(m: MethodConfig) -> None:
+    _check(0 <= m.momentum <= m.momentum_final <= 1,
+           f"method.momentum and momentum_final must satisfy 0 <= momentum <= momentum_final <= 1 "
+           f"(got {m.momentum}, {m.momentum_final}); try 0.99 and 1.0.")
+    _check(m.queue_size >= 0, f"method.queue_size must be >= 0 (got {m.queue_size}).")
+    _check(m.queue_start_epoch >= 0, "method.queue_start_epoch must be >= 0.")
+    _check(m.num_prototypes >= 2, f"method.num_prototypes must be >= 2 (got {m.num_prototypes}).")
+    _check(m.sinkhorn_epsilon > 0, f"method.sinkhorn_epsilon must be > 0 (got {m.sinkhorn_epsilon}); try 0.05.")
+    _check(m.sinkhorn_iterations >= 1, "method.sinkhorn_iterations must be >= 1.")
+    _check(m.freeze_prototypes_epochs >= 0, "method.freeze_prototypes_epochs must be >= 0.")
+    for key in ("sim_weight", "var_weight", "cov_weight", "redundancy_weight"):
+        _check(getattr(m, key) >= 0, f"method.{key} must be >= 0 (got {getattr(m, key)}).")
+    _check(m.teacher_temperature > 0 and m.warmup_teacher_temperature > 0,
+           "method.teacher_temperature and warmup_teacher_temperature must be > 0; try 0.04.")
+    _check(m.warmup_teacher_epochs >= 0, "method.warmup_teacher_epochs must be >= 0.")
+    _check(0 <= m.center_momentum < 1, f"method.center_momentum must be in [0, 1) (got {m.center_momentum}).")

@@ -59,7 +59,3 @@ def atomic_save_with(path: str | Path, writer: Callable[[IO[bytes]], None]) -> N
     writer(buffer)
     atomic_write_bytes(path, buffer.getbuffer())  # a view, not a copy: checkpoints are 100+ MB
 
-
-def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")

@@ -1,9 +1,11 @@
-"""The pretraining loop: seeded, resumable at any step, with progress, metrics and atomic checkpoints.
+"""The pretraining loop, one for every method: seeded, resumable at any step, with progress, metrics and
+atomic checkpoints.
 
-Per step: index a batch of uint8 images (``randperm``), build two views on the device, run the encoder
-once on both views (BatchNorm sees them together), project, NT-Xent in fp32, optimiser step.
-No DataLoader: the decoded dataset is a single uint8 tensor, and on 2 CPU cores worker processes
-would only fight the model for the cores.
+Per step: index a batch of uint8 images (``randperm``), build the views on the device (``augment.crops``:
+two by default, or multi-crop), and hand them to :func:`crlf.step.train_step`, which runs the method
+(backbone once per view size, its heads and loss in fp32), the backward pass, the optimiser and the
+method's per-step hooks. No DataLoader: the decoded dataset is a single uint8 tensor, and on 2 CPU cores
+worker processes would only fight the model for the cores.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import random
 import signal
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +36,19 @@ from crlf.checkpoint import (
     save_checkpoint,
 )
 from crlf.config import Config, apply_overrides, save_config, to_dict
-from crlf.data.augment import build_augment, normalize
+from crlf.data.augment import build_augment, normalize, view_specs
 from crlf.data.sources import Dataset, balanced_subset, load_dataset
 from crlf.errors import Interrupted, TrainingStopped, UsageError
 from crlf.export import export_encoder, save_array
 from crlf.io import atomic_write_text
-from crlf.methods.simclr import NTXentLoss
+from crlf.methods import method_class
+from crlf.methods.base import Method, StepClock
 from crlf.models.encoder import ResNetEncoder
-from crlf.models.heads import ProjectionHead
+from crlf.optim import build_optimizer, learning_rate, set_learning_rate
 from crlf.runtime import environment_record, flush_denormals, resolve_device
+from crlf.step import train_step
 
-COLLAPSE_STD_FRACTION = 0.1  # warn when the embedding std falls below 10 % of a uniform spread (1/sqrt(D))
+COLLAPSE_STD_FRACTION = 0.1  # warn when the embedding spread falls below 10 % of a uniform spread (1/sqrt(D))
 
 
 @dataclass
@@ -59,61 +63,37 @@ class Progress:
     step_losses: list[float] = field(default_factory=list)
     train_time_s: float = 0.0
     epoch_loss_sum: float = 0.0
-    epoch_std_sum: float = 0.0
+    epoch_log_sums: dict[str, float] = field(default_factory=dict)  # the method's logs, summed over the epoch
     epoch_time_s: float = 0.0
 
+    def counters(self) -> dict[str, Any]:
+        """Plain data for the checkpoint (the permutation and losses are stored as tensors beside it)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("perm", "step_losses")}
 
-def build_models(cfg: Config) -> tuple[ResNetEncoder, ProjectionHead]:
-    encoder = ResNetEncoder(cfg.model.arch, cfg.model.stem)
-    head = ProjectionHead(encoder.feature_dim, cfg.model.proj_hidden_dim, cfg.model.proj_out_dim,
-                          cfg.model.proj_dropout, cfg.model.proj_batchnorm)
-    return encoder, head
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> Progress:
+        p = checkpoint["progress"]
+        return cls(p["epoch"], p["step"], p["global_step"], checkpoint["perm"], list(p["history"]),
+                   checkpoint["step_losses"].tolist(), p["train_time_s"], p["epoch_loss_sum"],
+                   dict(p["epoch_log_sums"]), p["epoch_time_s"])
 
 
-def build_training_modules(cfg: Config, device: torch.device | str = "cpu"
-                           ) -> tuple[ResNetEncoder, ProjectionHead, torch.optim.Optimizer]:
-    """Encoder and head on ``device`` (encoder in the configured memory layout) and their optimiser: the
-    training step's modules, shared by the loop and the benchmarks that time it."""
-    encoder, head = build_models(cfg)
-    encoder.to(device)
-    head.to(device)
+def build_training_modules(cfg: Config, device: torch.device | str = "cpu", num_images: int | None = None
+                           ) -> tuple[Method, torch.optim.Optimizer]:
+    """The method (backbone included) on ``device``, backbone in the configured memory layout, and its
+    optimiser: the training step's modules, shared by the loop and the benchmarks that time it.
+    ``num_images`` (the training set's size) lets queues fit themselves to small data."""
+    backbone = ResNetEncoder(cfg.model.arch, cfg.model.stem)
+    method = method_class(cfg.method.name)(backbone, cfg, num_images or 10**9)
+    method.to(device)
     if cfg.train.channels_last:
-        encoder.to(memory_format=torch.channels_last)
-    return encoder, head, build_optimizer(cfg, list(encoder.parameters()) + list(head.parameters()))
-
-
-def build_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    """The configured optimiser, in its fused form where torch has one for the device: one kernel over all
-    parameters instead of a loop (ResNet-18 Adam step on this 2-core CPU: ~76 ms foreach vs ~18 ms fused)."""
-    o = cfg.optim
-    params = list(params)
-    if o.name == "adam":
-        make = lambda **kw: torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, **kw)  # noqa: E731
-    elif o.name == "adamw":
-        make = lambda **kw: torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **kw)  # noqa: E731
-    else:
-        make = lambda **kw: torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,  # noqa: E731
-                                            weight_decay=o.weight_decay, nesterov=True, **kw)
-    try:
-        return make(fused=True)
-    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype: torch's default
-        return make()
-
-
-def learning_rate(cfg: Config, global_step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up, then constant or cosine decay to zero, per step."""
-    total = cfg.train.epochs * steps_per_epoch
-    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
-    if global_step < warmup:
-        return cfg.optim.lr * (global_step + 1) / warmup
-    if cfg.optim.schedule == "constant":
-        return cfg.optim.lr
-    progress = (global_step - warmup) / max(1, total - warmup)
-    return cfg.optim.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        backbone.to(memory_format=torch.channels_last)
+    groups = method.param_groups(cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
+    return method, build_optimizer(cfg, groups)
 
 
 def view_size(cfg: Config, epoch: int) -> int:
-    """Side of the views in ``epoch`` (0-based): low resolution first if progressive resizing is on."""
+    """Side of the global views in ``epoch`` (0-based): low resolution first if progressive resizing is on."""
     t = cfg.train
     return t.low_res_size if epoch < t.low_res_epochs else cfg.data.image_size
 
@@ -178,11 +158,9 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
     prepare_run_dir(run_dir, bool(resume))
     checkpoint = None
     if resume:
-        explicit = resume if isinstance(resume, Path) else None
-        checkpoint, checkpoint_path = find_resumable(run_dir, explicit)
-        from crlf.config import Config as _Config  # the run's own config, then any new flags (e.g. --epochs)
-
-        cfg = apply_overrides(_Config(), checkpoint["config"], origin=f"'{checkpoint_path}'")
+        checkpoint, checkpoint_path = find_resumable(run_dir, resume if isinstance(resume, Path) else None)
+        # The run's own config, then any new flags (e.g. --epochs).
+        cfg = apply_overrides(Config(), checkpoint["config"], origin=f"'{checkpoint_path}'")
         if cli_overrides:
             cfg = apply_overrides(cfg, cli_overrides, origin="the command line")
     flush_denormals()  # no-op if the CLI already did it; from Python, best called before any torch work
@@ -193,135 +171,186 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
     dataset, images, labels = load_training_data(cfg, progress)
     if dataset.skipped:
         atomic_write_text(run_dir / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in dataset.skipped))
-    images = images.to(device)  # resident on the device as uint8: 150 MB for CIFAR-10
     save_config(cfg, run_dir / "config.yaml")
 
-    encoder, head, optimizer = build_training_modules(cfg, device)
+    method, optimizer = build_training_modules(cfg, device, len(images))
     state = Progress()
     if checkpoint is not None:
-        encoder.load_state_dict(checkpoint["encoder"])
-        head.load_state_dict(checkpoint["head"])
+        method.load_state_dict(checkpoint["method"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng_state(checkpoint["rng"], aug_gen)
-        p = checkpoint["progress"]
-        state = Progress(p["epoch"], p["step"], p["global_step"], checkpoint["perm"], list(p["history"]),
-                         checkpoint["step_losses"].tolist(), p["train_time_s"], p["epoch_loss_sum"],
-                         p["epoch_std_sum"], p["epoch_time_s"])
-    forward_encoder = torch.compile(encoder) if cfg.train.compile else encoder
-    augment = build_augment(cfg.augment, cfg.data.image_size)
-    loss_fn = NTXentLoss(cfg.method.temperature)
-    n, batch = len(images), cfg.train.batch_size
-    steps_per_epoch = n // batch  # drop the last partial batch: every step sees the same number of negatives
-    autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
-    env = environment_record(device)
-
-    def checkpoint_state() -> dict[str, Any]:
-        _stop_if_not_finite({"encoder": encoder, "head": head}, state, lr, run_dir, resume_hint())
-        return {
-            "config": to_dict(cfg), "encoder": encoder.state_dict(), "head": head.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": rng_state(aug_gen), "perm": state.perm,
-            "step_losses": torch.tensor(state.step_losses, dtype=torch.float64),
-            "progress": {"epoch": state.epoch, "step": state.step, "global_step": state.global_step,
-                         "history": state.history, "train_time_s": state.train_time_s,
-                         "epoch_loss_sum": state.epoch_loss_sum, "epoch_std_sum": state.epoch_std_sum,
-                         "epoch_time_s": state.epoch_time_s},
-        }
-
-    def resume_hint() -> str:
-        return f"crlf pretrain --out {run_dir} --resume"
-
-    encoder.train()
-    head.train()
+        state = Progress.from_checkpoint(checkpoint)
+    if cfg.train.compile:
+        method.compile_backbone()
+    trainer = Trainer(cfg, run_dir, method, optimizer, images.to(device), labels, aug_gen, state, progress)
     with _StopSignals() as stop:
         while state.epoch < cfg.train.epochs:
-            if state.step == 0:
-                state.perm = torch.randperm(n, generator=aug_gen)
-            augment.out_size = view_size(cfg, state.epoch)
-            bar = tqdm(total=steps_per_epoch, initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
-                       unit="step", disable=not progress, dynamic_ncols=True)
-            while state.step < steps_per_epoch:
-                t0 = time.perf_counter()
-                lr = learning_rate(cfg, state.global_step, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                idx = state.perm[state.step * batch:(state.step + 1) * batch].to(images.device)
-                with _stop_on_out_of_memory(state, batch, device, run_dir, resume_hint()):
-                    faults.maybe_oom(state.global_step, device)
-                    v1, v2 = augment(images[idx], aug_gen)  # (B, 3, S, S) twice
-                    views = torch.cat([v1, v2])  # (2B, 3, S, S): one forward pass, BatchNorm sees both views
-                    if cfg.train.channels_last:
-                        views = views.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                        enabled=autocast_dtype is not None):
-                        z = head(forward_encoder(views))  # (2B, D)
-                    z = z.float()
-                    loss = loss_fn(z[:batch], z[batch:])
-                    loss_value = faults.maybe_poison_loss(float(loss.detach()), state.global_step)
-                    if not math.isfinite(loss_value):
-                        raise TrainingStopped(
-                            f"loss became {loss_value} at epoch {state.epoch + 1} step {state.step + 1} "
-                            f"(global step {state.global_step + 1}, lr {lr:g}); training stopped before the update. "
-                            f"The last good checkpoint in '{run_dir}' is kept. Lower --lr or raise --temperature, "
-                            f"then resume with: {resume_hint()}"
-                        )
-                    faults.maybe_signal(state.global_step)  # tests: a signal arriving mid-step
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                emb_std = float(z.detach()[:batch].std(0).mean())
-                dt = time.perf_counter() - t0
-                state.step += 1
-                state.global_step += 1
-                state.step_losses.append(loss_value)
-                state.epoch_loss_sum += loss_value
-                state.epoch_std_sum += emb_std
-                state.epoch_time_s += dt
-                state.train_time_s += dt
-                bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{batch / dt:.0f}", refresh=False)
-                bar.update(1)
-                faults.maybe_kill(state.global_step)
-                if state.step < steps_per_epoch:
-                    every = cfg.train.checkpoint_every_steps
-                    if (every and state.global_step % every == 0) or stop.received:
-                        save_checkpoint(run_dir, checkpoint_state())
-                    if stop.received:
-                        bar.close()
-                        _raise_interrupted(stop.received, state, resume_hint())
-            bar.close()
-            record = _finish_epoch(state, steps_per_epoch, batch, lr, cfg)
-            if cfg.train.eval_every and (state.epoch + 1) % cfg.train.eval_every == 0 and labels.min() >= 0:
-                record["knn_top1"] = round(knn_monitor(encoder, images, labels, cfg), 4)
-            state.history.append(record)
-            state.epoch += 1
-            state.step, state.epoch_loss_sum, state.epoch_std_sum, state.epoch_time_s = 0, 0.0, 0.0, 0.0
-            _write_metrics(run_dir, state)
-            save_checkpoint(run_dir, checkpoint_state())
-            faults.maybe_kill_after_checkpoint(state.epoch)
-            if progress:
-                knn = f", kNN monitor {record['knn_top1']:.1%}" if "knn_top1" in record else ""
-                tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['images_per_s']:.0f} img/s, "
-                           f"{record['epoch_time_s']:.0f} s{knn}")
-            if stop.received:
-                _raise_interrupted(stop.received, state, resume_hint())
-
-    export_encoder(encoder, cfg, run_dir, extra={"data": dataset.description, "epochs": state.epoch,
-                                                  "train_time_s": round(state.train_time_s, 1), **env})
+            trainer.train_epoch(stop)
+    export_encoder(method.backbone, cfg, run_dir,
+                   extra={"data": dataset.description, "epochs": state.epoch,
+                          "train_time_s": round(state.train_time_s, 1), **environment_record(device)})
     return run_dir
 
 
-MONITOR_BANK, MONITOR_QUERIES = 5000, 1000
+class Trainer:
+    """One run's loop: epochs of steps, metrics, checkpoints, and the ways a run stops (signal, non-finite
+    loss or weights, out of memory)."""
+
+    def __init__(self, cfg: Config, run_dir: Path, method: Method, optimizer: torch.optim.Optimizer,
+                 images: torch.Tensor, labels: np.ndarray, aug_gen: torch.Generator, state: Progress,
+                 progress: bool):
+        self.cfg, self.run_dir, self.method, self.optimizer = cfg, run_dir, method, optimizer
+        self.images, self.labels, self.aug_gen, self.state, self.progress = images, labels, aug_gen, state, progress
+        self.augment = build_augment(cfg.augment, cfg.data.image_size)
+        self.batch = cfg.train.batch_size
+        self.steps_per_epoch = len(images) // self.batch  # drop the last partial batch: equal steps
+        self.autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
+        self.resume_hint = f"crlf pretrain --out {run_dir} --resume"
+        self.lr = learning_rate(cfg, state.global_step, self.steps_per_epoch)
+
+    def train_epoch(self, stop: _StopSignals) -> None:
+        state, cfg = self.state, self.cfg
+        if state.step == 0:
+            state.perm = torch.randperm(len(self.images), generator=self.aug_gen)
+        specs = view_specs(cfg.augment, cfg.data.image_size, view_size(cfg, state.epoch))
+        bar = tqdm(total=self.steps_per_epoch, initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
+                   unit="step", disable=not self.progress, dynamic_ncols=True)
+        self.method.train()
+        while state.step < self.steps_per_epoch:
+            loss_value, dt = self.step(specs)
+            bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{self.batch / dt:.0f}", refresh=False)
+            bar.update(1)
+            faults.maybe_kill(state.global_step)
+            if state.step < self.steps_per_epoch:
+                every = cfg.train.checkpoint_every_steps
+                if (every and state.global_step % every == 0) or stop.received:
+                    save_checkpoint(self.run_dir, self.checkpoint_state())
+                if stop.received:
+                    bar.close()
+                    _raise_interrupted(stop.received, state, self.resume_hint)
+        bar.close()
+        record = self.finish_epoch()
+        save_checkpoint(self.run_dir, self.checkpoint_state())
+        faults.maybe_kill_after_checkpoint(state.epoch)
+        if self.progress:
+            knn = f", kNN monitor {record['knn_top1']:.1%}" if "knn_top1" in record else ""
+            tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['images_per_s']:.0f} img/s, "
+                       f"{record['epoch_time_s']:.0f} s{knn}")
+        if stop.received:
+            _raise_interrupted(stop.received, state, self.resume_hint)
+
+    def step(self, specs) -> tuple[float, float]:
+        """One optimisation step; returns its loss and wall time."""
+        state, batch = self.state, self.batch
+        t0 = time.perf_counter()
+        self.lr = learning_rate(self.cfg, state.global_step, self.steps_per_epoch)
+        set_learning_rate(self.optimizer, self.lr)
+        clock = StepClock(state.epoch + state.step / self.steps_per_epoch, self.cfg.train.epochs)
+        idx = state.perm[state.step * batch:(state.step + 1) * batch].to(self.images.device)
+        with _stop_on_out_of_memory(state, batch, self.images.device, self.run_dir, self.resume_hint):
+            faults.maybe_oom(state.global_step, self.images.device)
+            views = self.augment(self.images[idx], self.aug_gen, specs)  # [(B, 3, S, S)], global views first
+            loss_value, logs = train_step(self.method, self.optimizer, views, clock, self.autocast_dtype,
+                                          check_loss=self.check_loss)
+        dt = time.perf_counter() - t0
+        state.step += 1
+        state.global_step += 1
+        state.step_losses.append(loss_value)
+        state.epoch_loss_sum += loss_value
+        for key, value in logs.items():
+            state.epoch_log_sums[key] = state.epoch_log_sums.get(key, 0.0) + value
+        state.epoch_time_s += dt
+        state.train_time_s += dt
+        return loss_value, dt
+
+    def check_loss(self, loss_value: float) -> float:
+        """After the forward pass, before any update: stop on a non-finite loss with the weights untouched."""
+        state = self.state
+        loss_value = faults.maybe_poison_loss(loss_value, state.global_step)
+        if not math.isfinite(loss_value):
+            raise TrainingStopped(
+                f"loss became {loss_value} at epoch {state.epoch + 1} step {state.step + 1} "
+                f"(global step {state.global_step + 1}, lr {self.lr:g}); training stopped before the update. "
+                f"The last good checkpoint in '{self.run_dir}' is kept. Lower --lr or raise --temperature, "
+                f"then resume with: {self.resume_hint}"
+            )
+        faults.maybe_signal(state.global_step)  # tests: a signal arriving mid-step
+        return loss_value
+
+    def finish_epoch(self) -> dict[str, Any]:
+        state, cfg, steps = self.state, self.cfg, self.steps_per_epoch
+        logs = {k: v / steps for k, v in state.epoch_log_sums.items()}
+        spread = logs.pop("embedding_std", float("nan"))
+        warn_if_collapsed(spread, self.method.embedding_dim, state.epoch + 1)
+        record = {"epoch": state.epoch + 1, "loss": state.epoch_loss_sum / steps, "lr": self.lr,
+                  "epoch_time_s": round(state.epoch_time_s, 3),
+                  "images_per_s": round(steps * self.batch / state.epoch_time_s, 1),
+                  "embedding_std": round(spread, 5), "steps": steps, "view_size": view_size(cfg, state.epoch),
+                  **{k: round(v, 6) for k, v in logs.items()}}
+        if cfg.train.eval_every and (state.epoch + 1) % cfg.train.eval_every == 0 and self.labels.min() >= 0:
+            record["knn_top1"] = round(knn_monitor(self.method.backbone, self.images, self.labels, cfg), 4)
+        state.history.append(record)
+        state.epoch += 1
+        state.step, state.epoch_loss_sum, state.epoch_log_sums, state.epoch_time_s = 0, 0.0, {}, 0.0
+        write_training_metrics(self.run_dir, state)
+        return record
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        method_state = self.method.state_dict()
+        self.stop_if_not_finite(method_state)
+        return {"config": to_dict(self.cfg), "method": method_state, "optimizer": self.optimizer.state_dict(),
+                "rng": rng_state(self.aug_gen), "perm": self.state.perm,
+                "step_losses": torch.tensor(self.state.step_losses, dtype=torch.float64),
+                "progress": self.state.counters()}
+
+    def stop_if_not_finite(self, method_state: dict[str, torch.Tensor]) -> None:
+        """Never checkpoint inf/nan weights: a loss can stay finite for a step after the weights overflow
+        (e.g. a BatchNorm running variance), and that checkpoint would replace the last good one."""
+        for name, tensor in method_state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                loss = self.state.step_losses[-1] if self.state.step_losses else float("nan")
+                raise TrainingStopped(
+                    f"the weights became non-finite by global step {self.state.global_step} ('{name}' holds "
+                    f"inf/nan; last loss {loss:.4g}, lr {self.lr:g}); training stopped without saving them. The "
+                    f"last good checkpoint in '{self.run_dir}' is kept. Lower --lr or raise --temperature, then "
+                    f"resume with: {self.resume_hint}"
+                )
+
+
+def write_training_metrics(run_dir: Path, state: Progress) -> None:
+    """``metrics.jsonl`` and ``step_losses.npy``, rewritten whole (atomically) from the checkpointed history:
+    a resumed run never holds duplicate lines."""
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
+    save_array(run_dir / "step_losses.npy", np.asarray(state.step_losses, dtype=np.float64))
+
+
+def warn_if_collapsed(spread: float, dim: int, epoch: int) -> None:
+    """Warn when the embeddings' spread (``methods.base.embedding_spread``, an epoch's mean) is below 10 % of
+    what ``dim``-dimensional unit vectors spread uniformly over the sphere give (1/sqrt(dim))."""
+    uniform = 1 / math.sqrt(dim)
+    if spread < COLLAPSE_STD_FRACTION * uniform:
+        warnings.warn(
+            f"possible collapse at epoch {epoch}: the spread of the L2-normalised embeddings is {spread:.4f} "
+            f"(a uniform spread gives {uniform:.3f}). Check the learning rate and temperature.", stacklevel=3)
+
+
+# The online kNN monitor: a fixed draw of training images, labels used for this number only.
+MONITOR_BANK = 5000  # images whose features vote (the "training set" of the monitor's kNN)
+MONITOR_QUERIES = 1000  # images classified by them; at most a fifth of a small training set
+MONITOR_SEED = 12345  # its own fixed draw: independent of the run's seed, so runs compare on the same images
+MONITOR_BATCH = 512  # feature extraction batch
 
 
 def knn_monitor(encoder: ResNetEncoder, images: torch.Tensor, labels: np.ndarray, cfg: Config) -> float:
     """A cheap kNN top-1 while pretraining, to see learning (or collapse) early.
 
-    Both the bank and the queries are fixed, disjoint parts of the *training* split (labels are used for
-    this number only): the test split stays unseen until ``crlf evaluate``. It draws no random numbers,
-    so runs with and without the monitor train identically.
+    Both the bank and the queries are fixed, disjoint parts of the *training* split: the test split stays
+    unseen until ``crlf evaluate``. It draws no random numbers from the run's generators, so runs with and
+    without the monitor train identically.
     """
     from crlf.evaluate import knn_predict
 
-    order = np.random.default_rng(12345).permutation(len(images))
+    order = np.random.default_rng(MONITOR_SEED).permutation(len(images))
     n_query = min(MONITOR_QUERIES, len(images) // 5)
     query_idx, bank_idx = order[:n_query], order[n_query:n_query + MONITOR_BANK]
     was_training = encoder.training
@@ -329,9 +358,9 @@ def knn_monitor(encoder: ResNetEncoder, images: torch.Tensor, labels: np.ndarray
     try:
         with torch.no_grad():
             def features(idx):  # (n, D)
-                out = [encoder(normalize(images[torch.from_numpy(idx[i:i + 512]).to(images.device)],
+                out = [encoder(normalize(images[torch.from_numpy(idx[i:i + MONITOR_BATCH]).to(images.device)],
                                          cfg.augment.mean, cfg.augment.std)).float().cpu()
-                       for i in range(0, len(idx), 512)]
+                       for i in range(0, len(idx), MONITOR_BATCH)]
                 return torch.cat(out).numpy()
 
             bank, queries = features(bank_idx), features(query_idx)
@@ -341,49 +370,6 @@ def knn_monitor(encoder: ResNetEncoder, images: torch.Tensor, labels: np.ndarray
     preds = knn_predict(bank, labels[bank_idx], queries, num_classes, ks=(min(cfg.eval.knn_k, len(bank_idx)),),
                         temperature=cfg.eval.knn_temperature)
     return float((next(iter(preds.values())) == labels[query_idx]).mean())
-
-
-def _finish_epoch(state: Progress, steps: int, batch: int, lr: float, cfg: Config) -> dict[str, Any]:
-    mean_std = state.epoch_std_sum / steps
-    uniform_std = 1 / math.sqrt(cfg.model.proj_out_dim)
-    if mean_std < COLLAPSE_STD_FRACTION * uniform_std:
-        warnings.warn(
-            f"possible collapse at epoch {state.epoch + 1}: the std of the L2-normalised embeddings is "
-            f"{mean_std:.4f} (a uniform spread gives {uniform_std:.3f}). Check the learning rate and temperature.",
-            stacklevel=2,
-        )
-    return {
-        "epoch": state.epoch + 1,
-        "loss": state.epoch_loss_sum / steps,
-        "lr": lr,
-        "epoch_time_s": round(state.epoch_time_s, 3),
-        "images_per_s": round(steps * batch / state.epoch_time_s, 1),
-        "embedding_std": round(mean_std, 5),
-        "steps": steps,
-        "view_size": view_size(cfg, state.epoch),
-    }
-
-
-def _write_metrics(run_dir: Path, state: Progress) -> None:
-    # Rewritten whole (atomically) from the checkpointed history: a resumed run never holds duplicate lines.
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
-    save_array(run_dir / "step_losses.npy", np.asarray(state.step_losses, dtype=np.float64))
-
-
-def _stop_if_not_finite(modules: dict[str, torch.nn.Module], state: Progress, lr: float, run_dir: Path,
-                        hint: str) -> None:
-    """Never checkpoint inf/nan weights: a loss can stay finite for a step after the weights overflow
-    (e.g. a BatchNorm running variance), and that checkpoint would replace the last good one."""
-    for part, module in modules.items():
-        for name, tensor in module.state_dict().items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                loss = state.step_losses[-1] if state.step_losses else float("nan")
-                raise TrainingStopped(
-                    f"the weights became non-finite by global step {state.global_step} ({part} '{name}' holds "
-                    f"inf/nan; last loss {loss:.4g}, lr {lr:g}); training stopped without saving them. The last "
-                    f"good checkpoint in '{run_dir}' is kept. Lower --lr or raise --temperature, then resume "
-                    f"with: {hint}"
-                )
 
 
 @contextlib.contextmanager

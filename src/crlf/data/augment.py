@@ -1,4 +1,8 @@
-"""Two random views per image.
+"""Random views of each image: two by default, or any crop spec (multi-crop).
+
+A crop spec (``augment.crops``) asks for ``count`` views per image at ``size`` pixels from crops covering
+``scale`` of the image; the views come back as a list of ``(B, 3, S, S)`` batches in spec order, the first
+spec's (global) views first.
 
 ``TensorAugment`` (the default ``tensor`` backend) builds views for a whole batch in a handful of tensor
 operations on the compute device, with **per-sample** random parameters: each image gets its own crop,
@@ -18,6 +22,7 @@ needs that generator's state.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -83,19 +88,42 @@ def _adjust_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     return _hsv_to_rgb(hsv)
 
 
+class ViewSpec(NamedTuple):
+    """``count`` views per image at ``size`` px, from random crops covering ``scale`` of the image's area."""
+
+    size: int
+    count: int
+    scale: tuple[float, float]
+
+
+def view_specs(cfg: AugmentConfig, image_size: int, view_size: int | None = None) -> list[ViewSpec]:
+    """The crop specs of ``augment.crops`` resolved for an epoch whose global views are ``view_size`` px
+    (``image_size``, or less during progressive resizing): every crop's side scales with it (a 16-px local
+    crop of a 32-px recipe is 8 px during 16-px epochs), and never drops below 4 px."""
+    view_size = view_size or image_size
+    specs = []
+    for crop in cfg.crops:
+        size = crop.size if crop.size is not None else image_size
+        specs.append(ViewSpec(max(4, round(size * view_size / image_size)), crop.count,
+                              crop.scale if crop.scale is not None else cfg.crop_scale))
+    return specs
+
+
 class TensorAugment:
-    """Batched SimCLR views with per-sample random parameters (see the module docstring)."""
+    """Batched views with per-sample random parameters (see the module docstring)."""
 
     def __init__(self, cfg: AugmentConfig, out_size: int):
         self.cfg = cfg
-        self.out_size = out_size
+        self.out_size = out_size  # the side of the views when no crop specs are given
 
     # -- parameters (CPU, seeded) -------------------------------------------------------------------
-    def sample_params(self, n: int, height: int, width: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def sample_params(self, n: int, height: int, width: int, gen: torch.Generator,
+                      crop_scale: tuple[float, float] | None = None) -> dict[str, torch.Tensor]:
         c = self.cfg
+        crop_scale = crop_scale or c.crop_scale
         attempts = 10  # torchvision's RandomResizedCrop tries 10 boxes, then falls back to a centre crop
         area = height * width
-        scale = torch.empty(n, attempts).uniform_(c.crop_scale[0], c.crop_scale[1], generator=gen)
+        scale = torch.empty(n, attempts).uniform_(crop_scale[0], crop_scale[1], generator=gen)
         log_ratio = torch.empty(n, attempts).uniform_(math.log(c.crop_ratio[0]), math.log(c.crop_ratio[1]), generator=gen)
         ratio = torch.exp(log_ratio)
         w = torch.round(torch.sqrt(area * scale * ratio))  # (n, attempts)
@@ -126,13 +154,13 @@ class TensorAugment:
                     order=order, gray=gray, blur=blur, sigma=sigma)
 
     # -- application (device) -----------------------------------------------------------------------
-    def apply(self, images: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, p: dict[str, torch.Tensor], size: int | None = None) -> torch.Tensor:
         """uint8 ``(B, 3, H, W)`` on the device + parameters -> normalised float32 ``(B, 3, S, S)``."""
         device = images.device
         p = {k: v.to(device, non_blocking=True) for k, v in p.items()}
         n, _, height, width = images.shape
         x = images.float().div_(255.0)  # (B, 3, H, W) in [0, 1]
-        x = self._resized_crop_flip(x, p, height, width)  # (B, 3, S, S)
+        x = self._resized_crop_flip(x, p, height, width, size or self.out_size)  # (B, 3, S, S)
         if bool(p["jitter"].any()):
             x = self._color_jitter(x, p)
         x = torch.where(p["gray"].view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
@@ -140,7 +168,7 @@ class TensorAugment:
             x = self._gaussian_blur(x, p)
         return normalize_float(x, self.cfg.mean, self.cfg.std)
 
-    def _resized_crop_flip(self, x, p, height, width) -> torch.Tensor:
+    def _resized_crop_flip(self, x, p, height, width, size) -> torch.Tensor:
         # One affine_grid/grid_sample does crop + resize + flip for every image at once. Box edges are in
         # pixel units; with align_corners=False the output pixel centres land where a bilinear resize of
         # the cropped box puts them.
@@ -151,7 +179,6 @@ class TensorAugment:
         theta = torch.zeros(x.shape[0], 2, 3, device=x.device)
         theta[:, 0, 0], theta[:, 0, 2] = scale_x, centre_x
         theta[:, 1, 1], theta[:, 1, 2] = scale_y, centre_y
-        size = self.out_size
         grid = F.affine_grid(theta, [x.shape[0], 3, size, size], align_corners=False)  # (B, S, S, 2)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -200,10 +227,14 @@ class TensorAugment:
         y = F.conv2d(y, kernel.view(n * c, 1, k, 1), groups=n * c)  # vertical pass
         return y.view(n, c, h, w)
 
-    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two independent views of each image: ``(B, 3, S, S)`` twice."""
+    def __call__(self, images: torch.Tensor, gen: torch.Generator,
+                 specs: list[ViewSpec] | None = None) -> list[torch.Tensor]:
+        """Independent views of each image, ``(B, 3, S, S)`` each: per spec, ``count`` views at its size
+        (default: two at ``out_size``). Each view draws its parameters, then is built, in turn."""
         n, _, h, w = images.shape
-        return self.apply(images, self.sample_params(n, h, w, gen)), self.apply(images, self.sample_params(n, h, w, gen))
+        specs = specs or [ViewSpec(self.out_size, 2, self.cfg.crop_scale)]
+        return [self.apply(images, self.sample_params(n, h, w, gen, spec.scale), spec.size)
+                for spec in specs for _ in range(spec.count)]
 
 
 def normalize_float(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -217,14 +248,13 @@ class PILAugment:
 
     def __init__(self, cfg: AugmentConfig, out_size: int):
         self.cfg = cfg
-        self.out_size = out_size  # may change between epochs (progressive resizing)
+        self.out_size = out_size
         self._transforms: dict = {}
 
-    @property
-    def transform(self):
-        if self.out_size not in self._transforms:
-            self._transforms[self.out_size] = self._build(self.out_size)
-        return self._transforms[self.out_size]
+    def transform(self, size: int):
+        if size not in self._transforms:
+            self._transforms[size] = self._build(size)
+        return self._transforms[size]
 
     def _build(self, out_size: int):
         from torchvision import transforms as T
@@ -242,9 +272,12 @@ class PILAugment:
         steps += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
         return T.Compose(steps)
 
-    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, gen: torch.Generator,
+                 specs: list[ViewSpec] | None = None) -> list[torch.Tensor]:
+        """Two views per image (the reference's pipeline; config validation allows no other crop spec)."""
         from PIL import Image
 
+        size = specs[0].size if specs else self.out_size
         # torchvision's transforms draw from torch's global RNG: seed it from our generator inside fork_rng
         # so runs stay reproducible and resumable without disturbing anything else.
         seed = int(torch.randint(0, 2**62, (1,), generator=gen))
@@ -252,10 +285,10 @@ class PILAugment:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             pils = [Image.fromarray(np.ascontiguousarray(a)) for a in array]
-            transform = self.transform
+            transform = self.transform(size)
             v1 = torch.stack([transform(im) for im in pils])
             v2 = torch.stack([transform(im) for im in pils])
-        return v1.to(images.device), v2.to(images.device)
+        return [v1.to(images.device), v2.to(images.device)]
 
 
 def build_augment(cfg: AugmentConfig, out_size: int):

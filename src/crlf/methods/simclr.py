@@ -1,4 +1,4 @@
-"""SimCLR's NT-Xent loss (Chen et al., 2020, https://arxiv.org/abs/2002.05709)."""
+"""SimCLR (Chen et al., 2020, https://arxiv.org/abs/2002.05709): NT-Xent over every view of the batch."""
 
 from __future__ import annotations
 
@@ -6,13 +6,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crlf.config import Config
+from crlf.methods.base import Method, embedding_spread
+from crlf.models.encoder import ResNetEncoder
+from crlf.models.heads import ProjectionHead
+
 
 class NTXentLoss(nn.Module):
-    """Normalised temperature-scaled cross entropy over ``2N`` views.
+    """Normalised temperature-scaled cross entropy over ``V`` views of ``N`` images.
 
-    For each of the ``2N`` embeddings the positive is the other view of the same image and the
-    negatives are the remaining ``2N - 2`` embeddings of the batch. Computed in fp32 whatever the
-    autocast dtype: a temperature of 0.07 turns bf16 rounding of the similarities into loss noise.
+    Each of the ``VN`` embeddings is an anchor; its positives are the other ``V - 1`` views of the same
+    image and its negatives the remaining ``VN - V`` embeddings. With two views this is the paper's loss
+    (one positive, ``2N - 2`` negatives); with more (multi-crop) each anchor's loss is the mean over its
+    positives of ``-log softmax``, as in the multi-positive form of Khosla et al., 2020. Computed in fp32
+    whatever the autocast dtype: a temperature of 0.07 turns bf16 rounding of the similarities into noise.
     """
 
     def __init__(self, temperature: float = 0.5):
@@ -21,14 +28,41 @@ class NTXentLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        """``z1``, ``z2``: ``(N, D)`` embeddings of the two views (need not be normalised) -> scalar loss."""
-        if z1.shape != z2.shape or z1.dim() != 2:
-            raise ValueError(f"z1 and z2 must both be (N, D); got {tuple(z1.shape)} and {tuple(z2.shape)}")
-        n = z1.shape[0]
-        with torch.autocast(z1.device.type, enabled=False):  # inside an autocast region too: matmul in fp32
-            z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D)
-            logits = z @ z.T / self.temperature  # (2N, 2N) cosine similarities / T
+    def forward(self, *views: torch.Tensor) -> torch.Tensor:
+        """``views``: ``V >= 2`` tensors ``(N, D)`` (need not be normalised), view ``v`` row ``i`` an
+        embedding of image ``i`` -> scalar loss."""
+        if len(views) < 2 or any(v.shape != views[0].shape or v.dim() != 2 for v in views):
+            raise ValueError(f"NT-Xent needs two or more (N, D) tensors of one shape; got "
+                             f"{[tuple(v.shape) for v in views]}")
+        n, num_views = views[0].shape[0], len(views)
+        with torch.autocast(views[0].device.type, enabled=False):  # inside an autocast region too: fp32
+            z = F.normalize(torch.cat(views).float(), dim=1)  # (VN, D)
+            logits = z @ z.T / self.temperature  # (VN, VN) cosine similarities / T
             logits.fill_diagonal_(float("-inf"))  # a view is not its own negative
-            targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # (2N,) index of the positive
-            return F.cross_entropy(logits, targets)
+            if num_views == 2:  # one positive per anchor: the other view, N rows away
+                targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)  # (2N,)
+                return F.cross_entropy(logits, targets)
+            image = torch.arange(num_views * n, device=z.device) % n  # (VN,) which image each row shows
+            positive = (image[:, None] == image[None, :]).fill_diagonal_(False)  # (VN, VN)
+            log_prob = logits.log_softmax(dim=1).masked_fill(~positive, 0.0)  # -inf * 0 would be nan
+            return -(log_prob.sum(1) / (num_views - 1)).mean()
+
+
+class SimCLR(Method):
+    """Backbone -> :class:`ProjectionHead` (L2-normalised) -> NT-Xent across all views."""
+
+    name = "simclr"
+
+    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+        super().__init__(backbone, cfg, num_images)
+        m = cfg.model
+        self.projector = ProjectionHead(backbone.feature_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_dropout,
+                                        m.proj_batchnorm, m.proj_layers, m.proj_last_batchnorm)
+        self.loss_fn = NTXentLoss(cfg.method.temperature)
+
+    def forward(self, views):
+        features = self.backbone_features(views)  # [(B, 512)] per view
+        z = self.projector(torch.cat(features))  # (VB, D): one call, BatchNorm (if any) sees every view
+        z = z.float()
+        loss = self.loss_fn(*z.split(len(views[0])))
+        return loss, {"embedding_std": embedding_spread(z[:len(views[0])])}

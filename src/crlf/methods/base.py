@@ -1,0 +1,166 @@
+"""What every method shares: the ``Method`` interface, the multi-view backbone call, EMA and schedules.
+
+A method is an ``nn.Module`` that owns everything but the data: the backbone (the only part that
+evaluation, export and the demo see) plus its projector, predictor, momentum target, prototypes, queue or
+centre. The loop (``crlf.train``) only ever does::
+
+    method.on_step_start(clock)            # schedules: teacher temperature, prototype normalisation, ...
+    loss, logs = method(views)             # views: list of (B, 3, S, S) batches, the global views first
+    loss.backward(); optimizer.step()
+    method.on_step_end(clock)              # EMA of the momentum target, queue and centre updates
+
+and everything a method needs to resume exactly is in ``method.state_dict()`` (buffers included: queue,
+queue pointer, centre), so a checkpoint is ``{"method": method.state_dict(), "optimizer": ...}``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crlf.config import Config
+from crlf.models.encoder import ResNetEncoder
+
+
+@dataclass(frozen=True)
+class StepClock:
+    """Where training stands at a step: ``epoch`` in epochs (fractional: 2.5 is half-way through the third)."""
+
+    epoch: float
+    total_epochs: int
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1]."""
+        return min(1.0, self.epoch / self.total_epochs)
+
+
+def forward_backbone(backbone: nn.Module, views: list[torch.Tensor], channels_last: bool = False) -> list[torch.Tensor]:
+    """Backbone features of every view, in the order given: ``[(B, 3, S_i, S_i)] -> [(B, D)]``.
+
+    Views of the same size go through the backbone in one call (BatchNorm sees them together, and one big
+    batch is faster than several small ones); one call per distinct size, as DINO's multi-crop wrapper does.
+    """
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, view in enumerate(views):
+        by_size.setdefault(tuple(view.shape[1:]), []).append(i)
+    features: list[torch.Tensor | None] = [None] * len(views)
+    for indices in by_size.values():
+        x = torch.cat([views[i] for i in indices]) if len(indices) > 1 else views[indices[0]]  # (kB, 3, S, S)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for i, part in zip(indices, backbone(x).split([len(views[i]) for i in indices])):
+            features[i] = part  # (B, D)
+    return features  # type: ignore[return-value]
+
+
+def apply_to_views(module: nn.Module, features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One call of ``module`` (a projector, predictor) on all views together; ``[(B, D)] -> [(B, D')]``."""
+    out = module(torch.cat(features) if len(features) > 1 else features[0])  # (VB, D')
+    return list(out.split([len(f) for f in features]))
+
+
+def cross_view_pairs(num_views: int, num_global: int) -> list[tuple[int, int]]:
+    """``(i, j)`` pairs where view ``i`` is predicted from global view ``j`` (``i != j``): with two views
+    ``[(1, 0), (0, 1)]``, the symmetric loss; with multi-crop every local view also learns from each global one."""
+    return [(i, j) for j in range(num_global) for i in range(num_views) if i != j]
+
+
+@torch.no_grad()
+def ema_(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target <- momentum * target + (1 - momentum) * online``, parameters only.
+
+    Buffers (BatchNorm running statistics) are not averaged: the target runs in train mode on its own
+    batches and keeps its own statistics, as in BYOL; only the online backbone is ever exported."""
+    target_params = [p for p in target.parameters()]
+    online_params = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, online_params, alpha=1 - momentum)
+
+
+def cosine_schedule(start: float, end: float, progress: float) -> float:
+    """``start`` at progress 0, ``end`` at progress 1, along half a cosine (BYOL's momentum schedule)."""
+    return end - (end - start) * (math.cos(math.pi * min(1.0, max(0.0, progress))) + 1) / 2
+
+
+def embedding_spread(z: torch.Tensor) -> torch.Tensor:
+    """Mean per-dimension std of the L2-normalised rows of ``z`` (B, D): ~1/sqrt(D) when the embeddings are
+    spread over the sphere, 0 when every image maps to the same point (collapse)."""
+    return F.normalize(z.detach().float(), dim=1).std(0).mean()
+
+
+def is_norm_or_bias(name: str, param: nn.Parameter) -> bool:
+    """Biases and normalisation weights: the 1-d parameters (BatchNorm / LayerNorm weights and biases,
+    linear biases)."""
+    return param.ndim <= 1
+
+
+class Method(nn.Module):
+    """Base class of every method. Subclasses set ``name``, build their heads in ``__init__`` and implement
+    ``forward``; the hooks default to doing nothing."""
+
+    name = "method"
+
+    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+        super().__init__()
+        self.backbone = backbone
+        self.num_global = cfg.augment.crops[0].count  # the first crop spec gives the global views
+        self.channels_last = cfg.train.channels_last
+        self.embedding_dim = cfg.model.proj_out_dim  # the dimension embedding_spread is measured in
+
+    # -- the interface ---------------------------------------------------------------------------------
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``views``: a list of ``(B, 3, S, S)`` batches (global views first) -> (scalar loss, logs).
+
+        ``logs`` holds detached scalars; ``embedding_std`` (see :func:`embedding_spread`) is the collapse
+        watch the loop averages per epoch."""
+        raise NotImplementedError
+
+    def on_step_start(self, clock: StepClock) -> None:
+        """Before the forward pass of a step: per-step schedules."""
+
+    def on_step_end(self, clock: StepClock) -> None:
+        """After the optimiser step: EMA momentum targets, queues, centres."""
+
+    def param_groups(self, weight_decay: float, exclude_bias_and_norm: bool = False) -> list[dict]:
+        """Trainable parameters for the optimiser, in registration order (momentum targets, which have
+        ``requires_grad=False``, are left out). With ``exclude_bias_and_norm`` biases and normalisation
+        weights form a second group without weight decay, which LARS also leaves unscaled."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if not exclude_bias_and_norm:
+            return [{"params": [p for _, p in named], "weight_decay": weight_decay}]
+        decay = [p for n, p in named if not is_norm_or_bias(n, p)]
+        plain = [p for n, p in named if is_norm_or_bias(n, p)]
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": plain, "weight_decay": 0.0, "lars_exclude": True}]
+
+    # -- helpers for subclasses ---------------------------------------------------------------------
+    def compile_backbone(self) -> None:
+        """Use ``torch.compile`` for the backbone's forward (the module and its state dict are unchanged)."""
+        # Kept out of the module tree (object.__setattr__), so state_dict keys stay "backbone.*".
+        object.__setattr__(self, "_compiled_backbone", torch.compile(self.backbone))
+
+    def backbone_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        call = self.__dict__.get("_compiled_backbone") or self.backbone
+        return forward_backbone(call, views, self.channels_last)
+
+
+def fitted_queue_size(requested: int, num_images: int, batch_size: int, what: str) -> int:
+    """A queue of past embeddings must hold fewer entries than the training set minus one batch, or it
+    would hold copies of the current images (a stale copy of an image's own positive as a negative);
+    rounded down to whole batches. Warns when it has to shrink the requested length."""
+    import warnings
+
+    if requested == 0:
+        return 0
+    fits = max(0, (num_images - batch_size) // batch_size * batch_size)
+    size = min(requested, fits) // batch_size * batch_size
+    if size != requested:
+        warnings.warn(f"method.queue_size={requested} does not fit {what}: the training set has {num_images} "
+                      f"images and batches of {batch_size}, so the queue holds {size} embeddings "
+                      f"(whole batches, fewer than the images outside the current batch).", stacklevel=3)
+    return size
