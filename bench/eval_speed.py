@@ -69,9 +69,9 @@ def main(argv=None) -> int:
     timed("kNN (k=200 and k=20)", knn)
     core = sum(r[1] for r in rows)
     if not args.only_core:
-        from crlf.eval_extra.fewshot import few_shot_eval
-        from crlf.eval_extra.label_efficiency import label_efficiency
-        from crlf.eval_extra.retrieval import clustering_metrics, retrieval_metrics
+        from crlf.downstream.fewshot import few_shot_eval
+        from crlf.downstream.label_efficiency import label_efficiency
+        from crlf.downstream.retrieval import clustering_metrics, retrieval_metrics
 
         # as in crlf evaluate: the 100 % point reuses the probe above, so only 1 % and 10 % are fitted here
         timed("label efficiency (1 %, 10 %)", lambda: {k: round(v["linear_top1"], 3) for k, v in

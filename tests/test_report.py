@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from crlf.cli import main
-from crlf.eval_extra.report import PLOTS, SECTIONS
+from crlf.reports.report import PLOTS, SECTIONS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from crlf.cli import main
-from crlf.eval_extra.sweep import markdown_table, scalar_metrics, summarise
+from crlf.reports.sweep import markdown_table, scalar_metrics, summarise
 
 from conftest import SEED_CONFIG, make_image_folder
 

@@ -213,13 +213,13 @@ def _plot(run_dir: Path) -> None:
 
 
 def _report(run_dir: Path) -> None:
-    from crlf.eval_extra.report import write_report
+    from crlf.reports.report import write_report
 
     print(f"wrote {write_report(run_dir)}")
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from crlf.eval_extra.sweep import write_sweep
+    from crlf.reports.sweep import write_sweep
 
     if args.seed is not None:
         raise UsageError("crlf sweep takes --seeds (several), not --seed.")
@@ -263,7 +263,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "sweep":
         _sweep(args)
     elif args.command == "compare":
-        from crlf.eval_extra.compare import compare_runs
+        from crlf.reports.compare import compare_runs
 
         table, png = compare_runs(args.run_dirs, args.out)
         print(table)

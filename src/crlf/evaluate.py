@@ -20,6 +20,7 @@ from sklearn.metrics import confusion_matrix
 from tqdm.auto import tqdm
 
 from crlf.data.augment import normalize
+from crlf.neighbours import CosineIndex
 
 PROBE_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 HOLDOUT_FRACTION = 0.1
@@ -125,21 +126,16 @@ def train_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: in
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int,
                 ks=(200, 20), temperature: float = 0.1, chunk: int = 1024) -> dict[int, np.ndarray]:
     """Cosine-similarity kNN with votes weighted by ``exp(sim / T)`` (Wu et al., 2018). Returns {k: preds}."""
-    bank = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)  # (N, D)
     labels = torch.as_tensor(train_y, dtype=torch.int64)
-    queries = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)  # (M, D)
-    kmax = min(max(ks), len(bank))
-    preds = {k: [] for k in ks}
-    for start in range(0, len(queries), chunk):
-        sim = queries[start:start + chunk] @ bank.T  # (m, N)
-        top_sim, top_idx = sim.topk(kmax, dim=1)  # (m, kmax), sorted
-        weights = (top_sim / temperature).exp()
-        top_labels = labels[top_idx]  # (m, kmax)
-        for k in ks:
-            kk = min(k, kmax)
-            votes = torch.zeros(len(sim), num_classes).scatter_add_(1, top_labels[:, :kk], weights[:, :kk])
-            preds[k].append(votes.argmax(1))
-    return {k: torch.cat(v).numpy() for k, v in preds.items()}
+    top_sim, top_idx = CosineIndex(train_x).topk(test_x, max(ks), chunk)  # (M, kmax), most similar first
+    weights = (top_sim / temperature).exp()
+    top_labels = labels[top_idx]  # (M, kmax)
+    preds = {}
+    for k in ks:
+        kk = min(k, top_idx.shape[1])
+        votes = torch.zeros(len(top_idx), num_classes).scatter_add_(1, top_labels[:, :kk], weights[:, :kk])  # (M, C)
+        preds[k] = votes.argmax(1).numpy()
+    return preds
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,24 +11,18 @@ from safetensors.torch import save as safetensors_bytes
 
 from crlf.config import apply_overrides, load_run_config, to_dict
 from crlf.data.sources import balanced_subset, load_dataset
+from crlf.downstream.finetune import finetune_metrics
+from crlf.downstream.metrics import default_extra_metrics
+from crlf.downstream.protocol import protocol_record
 from crlf.errors import UsageError
-from crlf.eval_extra.finetune import finetune_metrics
-from crlf.eval_extra.metrics import default_extra_metrics
-from crlf.eval_extra.protocol import protocol_record
 from crlf.evaluate import evaluate_features, extract_features, freeze
 from crlf.export import save_array
 from crlf.io import atomic_write_bytes, atomic_write_json
 from crlf.models.encoder import ResNetEncoder
+from crlf.run_files import read_history
 from crlf.runtime import environment_record, resolve_device
 
 run_config = load_run_config  # kept under this name for callers of crlf.pipeline
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = None, progress: bool = True,

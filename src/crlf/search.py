@@ -26,6 +26,7 @@ from crlf.data.augment import normalize
 from crlf.data.decode import BadImage, decode_image
 from crlf.errors import UsageError
 from crlf.export import load_array
+from crlf.neighbours import CosineIndex
 
 # Caps on anything a person uploads (the demo) before Pillow decodes it: a 10 MB file and 40 megapixels
 # cover any camera photo, and keep a decompression bomb from taking the machine's memory.
@@ -65,29 +66,19 @@ def read_upload(path: str | Path, size: int, max_bytes: int = MAX_UPLOAD_BYTES) 
     return decode_upload(data, size, max_bytes)
 
 
-class NeighbourIndex:
-    """Exact cosine-similarity search by one matrix product.
-
-    For CIFAR-10 (50,000 x 512) a query is 25 M multiply-adds, about 5 ms on one CPU core, and exact.
-    faiss (an IVF or HNSW index) would pay from a few million vectors, or for thousands of queries a
-    second; below that its build time and approximate answers buy nothing.
-    """
+class NeighbourIndex(CosineIndex):
+    """The training embeddings of a run with their labels: exact cosine search (``crlf.neighbours``) plus
+    each class's most and least typical images."""
 
     def __init__(self, embeddings: np.ndarray, labels: np.ndarray):
-        x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
-        self.vectors = F.normalize(x, dim=1)  # (N, D), unit rows: dot product = cosine similarity
+        super().__init__(embeddings)  # (N, D), unit rows
         self.labels = np.asarray(labels)
         self._centres: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def __len__(self) -> int:
-        return len(self.vectors)
-
     def query(self, features: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(D,)`` or ``(B, D)`` features -> (similarities, indices), each ``(B, k)``, most similar first."""
-        q = torch.as_tensor(np.asarray(features, dtype=np.float32)).reshape(-1, self.vectors.shape[1])
-        sims = F.normalize(q, dim=1) @ self.vectors.T  # (B, N)
-        top = sims.topk(min(k, len(self)), dim=1)  # (B, k)
-        return top.values.numpy(), top.indices.numpy()
+        sims, idx = self.topk(features, k)
+        return sims.numpy(), idx.numpy()
 
     def class_ranking(self, c: int) -> tuple[np.ndarray, np.ndarray]:
         """Training images of class ``c`` from most to least typical: (indices, cosine similarity to the

@@ -87,12 +87,13 @@ def _pct(v) -> str:
 
 def make_neighbours_plot(run_dir: Path, metrics: dict, queries: int = 6, k: int = 8) -> Path:
     """plots/neighbours.png: the top-``k`` train neighbours (cosine) of ``queries`` test images."""
+    from crlf.config import load_run_config
     from crlf.data.sources import balanced_subset, load_dataset
-    from crlf.eval_extra.figures import neighbours_grid
     from crlf.export import load_array
-    from crlf.pipeline import run_config
+    from crlf.neighbours import CosineIndex
+    from crlf.plots import neighbours_grid
 
-    cfg = run_config(run_dir)
+    cfg = load_run_config(run_dir)
     train_x, test_x = load_array(run_dir / "train_embeddings.npy"), load_array(run_dir / "test_embeddings.npy")
     train_y, test_y = load_array(run_dir / "train_labels.npy"), load_array(run_dir / "test_labels.npy")
     source = metrics.get("data_source", cfg.data.source)
@@ -103,19 +104,16 @@ def make_neighbours_plot(run_dir: Path, metrics: dict, queries: int = 6, k: int 
     # One query per class for the first few classes (a fixed, readable choice), then nearest by cosine.
     rng = np.random.default_rng(0)
     picks = [int(rng.choice(np.flatnonzero(test_y == c))) for c in np.unique(test_y)[:queries]]
-    bank = train_x / np.linalg.norm(train_x, axis=1, keepdims=True).clip(1e-12)  # (N, D)
-    q = test_x[picks] / np.linalg.norm(test_x[picks], axis=1, keepdims=True).clip(1e-12)  # (Q, D)
-    sim = q @ bank.T  # (Q, N)
-    kk = min(k, len(bank))
-    top = np.argsort(-sim, axis=1)[:, :kk]  # (Q, k)
+    sims, top = CosineIndex(train_x).topk(test_x[picks], k)  # (Q, k) each
+    top = top.numpy()
     return neighbours_grid(dataset.test.images[picks], test_y[picks], train.images[top], train_y[top],
-                           np.take_along_axis(sim, top, 1), metrics["classes"], run_dir / "plots" / "neighbours.png")
+                           sims.numpy(), metrics["classes"], run_dir / "plots" / "neighbours.png")
 
 
 def write_report(run_dir: Path) -> Path:
     """Build ``run_dir/report.html`` from the run folder (making any missing plot first)."""
-    from crlf.pipeline import read_history
     from crlf.plots import plot_run
+    from crlf.run_files import read_history
 
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from crlf.eval_extra.fewshot import few_shot_accuracy, few_shot_eval, sample_episodes
-from crlf.eval_extra.label_efficiency import label_efficiency, subset_index
-from crlf.eval_extra.protocol import check_deterministic, check_disjoint, protocol_record
-from crlf.eval_extra.retrieval import clustering_metrics, ranked_relevance, retrieval_metrics
+from crlf.downstream.fewshot import few_shot_accuracy, few_shot_eval, sample_episodes
+from crlf.downstream.label_efficiency import label_efficiency, subset_index
+from crlf.downstream.protocol import check_deterministic, check_disjoint, protocol_record
+from crlf.downstream.retrieval import clustering_metrics, ranked_relevance, retrieval_metrics
 from crlf.evaluate import ProtocolError, freeze
 
 
@@ -190,7 +190,7 @@ def test_run_metrics_json_has_the_new_sections(tiny_run):
 # ------------------------------------------------------------------------------ fine-tuning (opt-in flags)
 
 def test_random_crop_flip_is_per_sample_and_keeps_pixels():
-    from crlf.eval_extra.finetune import random_crop_flip
+    from crlf.downstream.finetune import random_crop_flip
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     x = x.repeat(32, 1, 1, 1)  # (64, 3, 8, 8): 32 copies of two images
@@ -202,7 +202,7 @@ def test_random_crop_flip_is_per_sample_and_keeps_pixels():
 
 
 def test_mixup_cutmix_give_soft_targets():
-    from crlf.eval_extra.finetune import build_mix
+    from crlf.downstream.finetune import build_mix
 
     mix = build_mix("both", 3)
     x, y = torch.rand(8, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])

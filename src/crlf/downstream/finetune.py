@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from crlf.data.augment import normalize_float
-from crlf.eval_extra.label_efficiency import FRACTIONS, fraction_key, subset_index
+from crlf.downstream.label_efficiency import FRACTIONS, fraction_key, subset_index
 from crlf.models.encoder import ResNetEncoder
 
 MIX_CHOICES = ("none", "mixup", "cutmix", "both")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from crlf.errors import UsageError
-from crlf.eval_extra.sweep import scalar_metrics
+from crlf.reports.sweep import scalar_metrics
 
 HEADLINE = ["linear_top1", "knn_top1", "knn_top1_k20", "label_efficiency.fractions.1%.linear_top1",
             "label_efficiency.fractions.10%.linear_top1", "few_shot.5way_1shot.accuracy",
@@ -23,7 +23,7 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
 
 
 def load_runs(run_dirs: list[Path]) -> list[tuple[dict, list[dict]]]:
-    from crlf.pipeline import read_history
+    from crlf.run_files import read_history
 
     runs = []
     for d in run_dirs:

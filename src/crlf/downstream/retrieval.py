@@ -1,17 +1,17 @@
 """Retrieval (recall@k, mAP) of test queries against the train set, and k-means clustering (NMI, ARI).
 
-Both use cosine geometry, the one the contrastive loss trained: features are L2-normalised first.
-The (M, N) similarity matrix is never held whole (10,000 x 50,000 floats would be 2 GB): queries go in
-chunks, and each chunk is ranked in full for mAP.
+Both use cosine geometry, the one the self-supervised losses train: features are L2-normalised first.
+Similarities come chunk by chunk from ``crlf.neighbours.CosineIndex``; each chunk is ranked in full for mAP.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from crlf.neighbours import CosineIndex, unit_rows
 
 
 def ranked_relevance(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:
@@ -34,16 +34,15 @@ def retrieval_metrics(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarr
     """recall@k: a query is a hit when any of its top-k train neighbours shares its class.
     mAP: mean over queries of the average precision of the full train list ranked by cosine similarity,
     where "relevant" means "same class"; queries whose class is absent from train are left out."""
-    bank = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)  # (N, D)
+    index = CosineIndex(train_x)
     bank_y = np.asarray(train_y)  # (N,)
-    queries = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)  # (M, D)
     query_y = np.asarray(test_y)  # (M,)
-    positions = torch.arange(1, len(bank) + 1, dtype=torch.float32)  # (N,) ranks 1..N
+    positions = torch.arange(1, len(index) + 1, dtype=torch.float32)  # (N,) ranks 1..N
     hits = {k: 0 for k in ks}
     ap_sum, ap_count = 0.0, 0
-    for start in range(0, len(queries), chunk):
+    for start, sims in index.similarities(test_x, chunk):
         q_y = query_y[start:start + chunk]  # (m,)
-        sim = (queries[start:start + chunk] @ bank.T).numpy()  # (m, N)
+        sim = sims.numpy()  # (m, N)
         rel = torch.from_numpy(ranked_relevance(sim, bank_y[None, :] == q_y[:, None])).float()  # (m, N) ranked
         for k in ks:
             hits[k] += int(rel[:, :k].amax(1).sum())
@@ -51,16 +50,16 @@ def retrieval_metrics(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarr
         ap = (rel.cumsum(1) / positions * rel).sum(1) / n_rel.clamp_min(1)  # (m,) mean precision at each hit
         ap_sum += float(ap[n_rel > 0].sum())
         ap_count += int((n_rel > 0).sum())
-    out = {f"recall@{k}": hits[k] / len(queries) for k in ks}
+    out = {f"recall@{k}": hits[k] / len(query_y) for k in ks}
     out["mAP"] = ap_sum / max(ap_count, 1)
-    out |= {"metric": "cosine", "queries": "test", "database": "train", "num_queries": int(len(queries)),
-            "database_size": int(len(bank))}
+    out |= {"metric": "cosine", "queries": "test", "database": "train", "num_queries": int(len(query_y)),
+            "database_size": int(len(index))}
     return out
 
 
 def clustering_metrics(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0) -> dict:
     """k-means with one cluster per class on the L2-normalised features, scored against the labels."""
-    x = F.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1).numpy()  # (N, D)
+    x = unit_rows(features).numpy()  # (N, D)
     k = min(num_classes, len(x))
     pred = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x)
     return {"nmi": float(normalized_mutual_info_score(labels, pred)),

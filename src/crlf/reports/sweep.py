@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crlf.eval_extra.report import flatten
 from crlf.io import atomic_write_json
+from crlf.reports.report import flatten
 
 # Settings and bookkeeping, not measurements: left out of the mean ± std table.
 NOT_METRICS = ("config.", "seed", "confusion_matrix", "classes", "protocol.", "knn.", "retrieval.num_",

@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 
-from crlf.eval_extra.fewshot import few_shot_eval
-from crlf.eval_extra.label_efficiency import label_efficiency
-from crlf.eval_extra.retrieval import clustering_metrics, retrieval_metrics
+from crlf.downstream.fewshot import few_shot_eval
+from crlf.downstream.label_efficiency import label_efficiency
+from crlf.downstream.retrieval import clustering_metrics, retrieval_metrics
 
 
 def default_extra_metrics(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
