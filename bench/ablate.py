@@ -45,11 +45,23 @@ def quick_evaluate(run_dir: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--name", required=True)
+    p.add_argument("--name")
+    p.add_argument("--evaluate-only", type=Path, metavar="RUN",
+                   help="only the quick evaluation of RUN, printed as one JSON line (bench/methods.py uses it)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for this ablation (0: default)")
     p.add_argument("--root", type=Path, default=REPO / "runs" / "ablate")
     p.add_argument("flags", nargs=argparse.REMAINDER, help="-- then crlf pretrain flags")
     args = p.parse_args(argv)
+    if args.evaluate_only:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        m = quick_evaluate(args.evaluate_only)
+        print(json.dumps({k: round(m[k], 4) for k in ("linear_top1", "knn_top1", "knn_top1_k20")}))
+        return 0
+    if not args.name:
+        p.error("--name is required")
     flags = [f for f in args.flags if f != "--"] if args.flags[:1] == ["--"] else args.flags
     run_dir = args.root / args.name
     cmd = [sys.executable, "-m", "crlf.cli", "pretrain", *flags, "--out", str(run_dir), "--quiet"]

@@ -37,7 +37,7 @@ def bound(config: str, steps: int, warmup: int) -> None:
     from crlf.methods.base import StepClock
     from crlf.runtime import flush_denormals, resolve_device
     from crlf.step import train_step
-    from crlf.train import build_training_modules
+    from crlf.train import autocast_dtype, build_training_modules
 
     flush_denormals()  # as crlf does
     cfg = load_config(config)
@@ -51,7 +51,7 @@ def bound(config: str, steps: int, warmup: int) -> None:
     b = cfg.train.batch_size
     views = [torch.randn(b, 3, spec.size, spec.size, device=device)  # (B, 3, S, S) per view, as in training
              for spec in view_specs(cfg.augment, cfg.data.image_size) for _ in range(spec.count)]
-    autocast = torch.bfloat16 if cfg.train.precision == "bf16" else None
+    autocast = autocast_dtype(cfg.train.precision, device)
     clock = StepClock(0.0, cfg.train.epochs)
     for i in range(warmup + steps):
         if i == warmup:

@@ -76,7 +76,7 @@ def _add_train_flags(p: argparse.ArgumentParser, with_out: bool = True) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="class-balanced subset of N training images")
     p.add_argument("--backend", choices=["tensor", "pil"], help="augmentation backend")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="auto: bf16 on a CUDA GPU, else fp32")
     p.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
     p.add_argument("--eval-every", type=int, help="online kNN monitor every N epochs (0: off)")
     p.add_argument("--checkpoint-every-steps", type=int, help="also checkpoint every N steps within an epoch")

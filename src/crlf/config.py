@@ -89,19 +89,22 @@ class MethodConfig:
     momentum_final: float = 1.0
     # mocov2: negatives queue length; swav: how many past embeddings join the Sinkhorn batch. Fitted down
     # (with a warning) when the training set is too small for it. 0 = no queue.
-    queue_size: int = 0
+    queue_size: int = 0  # mocov2 needs one (> 0)
     queue_start_epoch: float = 0.0  # swav: start using the queue after this many epochs
     # swav: prototypes; dino: output dimension of the head (its "prototypes").
     num_prototypes: int = 3000
     sinkhorn_epsilon: float = 0.05  # swav
     sinkhorn_iterations: int = 3  # swav
-    freeze_prototypes_epochs: float = 0.0  # swav: prototypes get no update for this many epochs
+    # swav: the prototypes get no update for this many epochs; dino: nor does the head's last layer
+    freeze_prototypes_epochs: float = 0.0
     # vicreg: weights of the invariance, variance and covariance terms (Bardes et al., 2022)
     sim_weight: float = 25.0
     var_weight: float = 25.0
     cov_weight: float = 1.0
-    # barlowtwins: weight of the off-diagonal (redundancy) terms, lambda in Zbontar et al., 2021
+    # barlowtwins: weight of the off-diagonal (redundancy) terms, lambda in Zbontar et al., 2021, and a factor
+    # on the whole loss (solo-learn's CIFAR recipe: 0.1; it matters with LARS and weight decay, not Adam)
     redundancy_weight: float = 0.0051
+    loss_scale: float = 1.0
     # dino: teacher temperature, warmed up linearly from warmup_teacher_temperature; centre momentum
     teacher_temperature: float = 0.04
     warmup_teacher_temperature: float = 0.04
@@ -120,7 +123,8 @@ class OptimConfig:
     # No weight decay (and, for LARS, no trust-ratio scaling) on biases and normalisation weights, as most
     # self-supervised papers do; the reference recipe decays every parameter.
     exclude_bias_and_norm: bool = False
-    lars_eta: float = 0.02  # LARS trust coefficient (You et al., 2017; 0.02 as in solo-learn / BYOL)
+    lars_eta: float = 0.02  # LARS trust coefficient (You et al., 2017; 0.02 as in solo-learn's CIFAR recipes)
+    lars_trust_clip: bool = False  # LARC: trust ratio clipped to min(trust / lr, 1) (solo-learn's clip_lr)
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class TrainConfig:
     batch_size: int = 256
     seed: int = 0
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"  # fp32 | bf16 (autocast; the loss stays fp32)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; the loss stays fp32) | auto (bf16 on a CUDA GPU, else fp32)
     channels_last: bool = False
     compile: bool = False
     threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -314,7 +318,8 @@ def validate(cfg: Config) -> None:
     _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum}).")
     _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {o.warmup_epochs}).")
     _check(cfg.method.temperature > 0, f"method.temperature must be > 0 (got {cfg.method.temperature}); try 0.07-0.5.")
-    _check(t.batch_size >= 2, f"train.batch_size must be >= 2 (got {t.batch_size}): NT-Xent needs negatives.")
+    _check(t.batch_size >= 2, f"train.batch_size must be >= 2 (got {t.batch_size}): every method uses batch "
+                              f"statistics or negatives.")
     _check(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs}).")
     _check(t.threads >= 0, f"train.threads must be >= 0 (got {t.threads}).")
     _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0.")
@@ -335,7 +340,7 @@ def validate(cfg: Config) -> None:
     _check_choice(cfg.method.name, METHOD_NAMES, "method.name")
     _check_choice(o.name, ("adam", "adamw", "sgd", "lars"), "optim.name")
     _check_choice(o.schedule, ("constant", "cosine"), "optim.schedule")
-    _check_choice(t.precision, ("fp32", "bf16"), "train.precision")
+    _check_choice(t.precision, ("fp32", "bf16", "auto"), "train.precision")
     _check(0 < a.crop_scale[0] <= a.crop_scale[1] <= 1, f"augment.crop_scale must satisfy 0 < min <= max <= 1 (got {list(a.crop_scale)}).")
     _check(0 < a.crop_ratio[0] <= a.crop_ratio[1], f"augment.crop_ratio must satisfy 0 < min <= max (got {list(a.crop_ratio)}).")
     for key in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
@@ -385,6 +390,7 @@ def _validate_method(m: MethodConfig) -> None:
     _check(m.sinkhorn_epsilon > 0, f"method.sinkhorn_epsilon must be > 0 (got {m.sinkhorn_epsilon}); try 0.05.")
     _check(m.sinkhorn_iterations >= 1, "method.sinkhorn_iterations must be >= 1.")
     _check(m.freeze_prototypes_epochs >= 0, "method.freeze_prototypes_epochs must be >= 0.")
+    _check(m.loss_scale > 0, f"method.loss_scale must be > 0 (got {m.loss_scale}).")
     for key in ("sim_weight", "var_weight", "cov_weight", "redundancy_weight"):
         _check(getattr(m, key) >= 0, f"method.{key} must be >= 0 (got {getattr(m, key)}).")
     _check(m.teacher_temperature > 0 and m.warmup_teacher_temperature > 0,

@@ -28,7 +28,8 @@ def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimi
         for group in groups:
             # Scale every parameter of a decayed group, even where weight_decay is 0; never the excluded ones.
             group["always_adapt"] = not group.pop("lars_exclude", False)
-        return Lars(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coeff=o.lars_eta)
+        return Lars(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coeff=o.lars_eta,
+                    trust_clip=o.lars_trust_clip)
     for group in groups:
         group.pop("lars_exclude", None)
     if o.name == "adam":
@@ -57,5 +58,8 @@ def learning_rate(cfg: Config, global_step: int, steps_per_epoch: int) -> float:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's ``lr`` for every group but those marked ``fixed_lr`` (SimSiam's predictor keeps the
+    base learning rate throughout, as its paper found best)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if not group.get("fixed_lr", False):
+            group["lr"] = lr

@@ -86,10 +86,18 @@ def build_training_modules(cfg: Config, device: torch.device | str = "cpu", num_
     backbone = ResNetEncoder(cfg.model.arch, cfg.model.stem)
     method = method_class(cfg.method.name)(backbone, cfg, num_images or 10**9)
     method.to(device)
-    if cfg.train.channels_last:
-        backbone.to(memory_format=torch.channels_last)
+    if cfg.train.channels_last:  # every convolution's weights, momentum targets included; heads are 2-d
+        method.to(memory_format=torch.channels_last)
     groups = method.param_groups(cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
     return method, build_optimizer(cfg, groups)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast for ``bf16``, and for ``auto`` on a CUDA GPU that has it; fp32 (None) otherwise: on a
+    CPU without bf16 matrix units, bf16 autocast is several times slower than fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
 
 
 def view_size(cfg: Config, epoch: int) -> int:
@@ -204,7 +212,7 @@ class Trainer:
         self.augment = build_augment(cfg.augment, cfg.data.image_size)
         self.batch = cfg.train.batch_size
         self.steps_per_epoch = len(images) // self.batch  # drop the last partial batch: equal steps
-        self.autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
+        self.autocast_dtype = autocast_dtype(cfg.train.precision, images.device)
         self.resume_hint = f"crlf pretrain --out {run_dir} --resume"
         self.lr = learning_rate(cfg, state.global_step, self.steps_per_epoch)
 

@@ -15,6 +15,7 @@ queue pointer, centre), so a checkpoint is ``{"method": method.state_dict(), "op
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from crlf.config import Config
 from crlf.models.encoder import ResNetEncoder
+from crlf.models.heads import mlp
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,57 @@ class Method(nn.Module):
         object.__setattr__(self, "_compiled_backbone", torch.compile(self.backbone))
 
     def backbone_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        call = self.__dict__.get("_compiled_backbone") or self.backbone
-        return forward_backbone(call, views, self.channels_last)
+        compiled = self.__dict__.get("_compiled_backbone")
+        return forward_backbone(self.backbone if compiled is None else compiled, views, self.channels_last)
+
+
+def projector_from(cfg: Config, in_dim: int) -> nn.Sequential:
+    """The configured projector ``(B, in_dim) -> (B, proj_out_dim)`` (``model.proj_*``)."""
+    m = cfg.model
+    return mlp(in_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers, m.proj_batchnorm,
+               m.proj_last_batchnorm, m.proj_dropout)
+
+
+def predictor_from(cfg: Config) -> nn.Sequential:
+    """BYOL's / MoCo v3's predictor: ``Linear -> BN -> ReLU -> Linear``, ``(B, D) -> (B, D)``."""
+    m = cfg.model
+    return mlp(m.proj_out_dim, m.pred_hidden_dim, m.proj_out_dim, 2, batchnorm=True)
+
+
+class MomentumMethod(Method):
+    """A method with a momentum target: ``target_backbone`` and ``target_projector`` are EMA copies of the
+    online ones (no gradients, so ``param_groups`` leaves them out), run in train mode on the global views.
+
+    The momentum follows BYOL's cosine schedule from ``method.momentum`` to ``method.momentum_final``; it is
+    a function of the step clock only, so nothing but the target weights needs saving to resume."""
+
+    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int, projector: nn.Module):
+        super().__init__(backbone, cfg, num_images)
+        self.projector = projector
+        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.target_projector = copy.deepcopy(projector).requires_grad_(False)
+        self.momentum_range = (cfg.method.momentum, cfg.method.momentum_final)
+        self.momentum = cfg.method.momentum  # the current value, for the logs
+
+    def momentum_at(self, clock: StepClock) -> float:
+        return cosine_schedule(*self.momentum_range, clock.progress)
+
+    def on_step_start(self, clock: StepClock) -> None:
+        self.momentum = self.momentum_at(clock)
+
+    def on_step_end(self, clock: StepClock) -> None:
+        m = self.momentum_at(clock)
+        ema_(self.target_backbone, self.backbone, m)
+        ema_(self.target_projector, self.projector, m)
+
+    @torch.no_grad()
+    def target_embeddings(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Target projections of the global views: ``[(B, D)]`` in fp32, without gradient."""
+        features = forward_backbone(self.target_backbone, views[:self.num_global], self.channels_last)
+        return [z.float() for z in apply_to_views(self.target_projector, features)]  # [(B, D)]
+
+    def momentum_log(self, like: torch.Tensor) -> torch.Tensor:
+        return like.new_tensor(self.momentum, dtype=torch.float32)  # on the loss's device: logs are stacked
 
 
 def fitted_queue_size(requested: int, num_images: int, batch_size: int, what: str) -> int:

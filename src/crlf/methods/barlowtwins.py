@@ -1,0 +1,81 @@
+"""Barlow Twins (Zbontar, Jing, Misra, LeCun and Deny, 2021, https://arxiv.org/abs/2103.03230): drive the
+cross-correlation matrix of the two branches' embeddings towards the identity."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from crlf.config import Config
+from crlf.methods.base import Method, apply_to_views, cross_view_pairs, embedding_spread
+from crlf.methods.vicreg import check_branches, off_diagonal
+from crlf.models.encoder import ResNetEncoder
+from crlf.models.heads import mlp
+
+
+class BarlowTwinsLoss(nn.Module):
+    """``sum_i (1 - C_ii)^2 + redundancy_weight * sum_{i != j} C_ij^2``.
+
+    ``z1, z2``: ``(B, D)`` embeddings of the same ``B`` images, ``B >= 2``. Each is standardised along the
+    batch (mean 0, biased std 1, plus ``eps`` in the variance: the paper's code runs them through
+    ``BatchNorm1d(D, affine=False)``), and ``C = z1_n^T z2_n / B`` is their ``(D, D)`` cross-correlation.
+    ``redundancy_weight`` is the paper's lambda (0.0051 in its code). Computed in fp32 whatever the autocast
+    dtype: the ``D^2`` squared correlations sum to thousands, where bf16 keeps about 3 significant digits.
+    """
+
+    def __init__(self, redundancy_weight: float = 0.0051, eps: float = 1e-5):
+        super().__init__()
+        if not redundancy_weight >= 0:
+            raise ValueError(f"redundancy_weight must be >= 0, got {redundancy_weight}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.redundancy_weight = float(redundancy_weight)
+        self.eps = float(eps)  # BatchNorm1d's default
+
+    def _standardise(self, z: torch.Tensor) -> torch.Tensor:
+        mean, var = z.mean(dim=0), z.var(dim=0, unbiased=False)  # (D,) each: BatchNorm's batch statistics
+        return (z - mean) / torch.sqrt(var + self.eps)  # (B, D)
+
+    def terms(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unweighted ``(sum_i (1 - C_ii)^2, sum_{i != j} C_ij^2)``, fp32 scalars."""
+        check_branches(z1, z2, "BarlowTwinsLoss")
+        with torch.autocast(z1.device.type, enabled=False):  # inside an autocast region too: fp32
+            z1, z2 = self._standardise(z1.float()), self._standardise(z2.float())  # (B, D) each
+            c = z1.T @ z2 / z1.shape[0]  # (D, D) cross-correlation
+            on_diagonal = (1 - c.diagonal()).pow(2).sum()
+            redundancy = off_diagonal(c).pow(2).sum()
+        return on_diagonal, redundancy
+
+    def combine(self, on_diagonal: torch.Tensor, redundancy: torch.Tensor) -> torch.Tensor:
+        return on_diagonal + self.redundancy_weight * redundancy
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """``z1, z2``: ``(B, D)`` -> scalar fp32 loss."""
+        return self.combine(*self.terms(z1, z2))
+
+
+class BarlowTwins(Method):
+    """Backbone -> projector :func:`mlp` (the paper: 3 layers of 8192 with BatchNorm; CIFAR benchmarks 2048)
+    -> :class:`BarlowTwinsLoss` averaged over :func:`cross_view_pairs` (multi-crop: each view against each
+    global one)."""
+
+    name = "barlowtwins"
+
+    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+        super().__init__(backbone, cfg, num_images)
+        m = cfg.model
+        self.projector = mlp(backbone.feature_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers,
+                             batchnorm=m.proj_batchnorm, last_batchnorm=m.proj_last_batchnorm)
+        self.loss_fn = BarlowTwinsLoss(cfg.method.redundancy_weight)
+        self.loss_scale = cfg.method.loss_scale  # solo-learn's scale_loss (0.1 in its CIFAR recipe)
+        self.embedding_dim = m.proj_out_dim
+
+    def forward(self, views):
+        features = self.backbone_features(views)  # [(B, 512)] per view
+        z = apply_to_views(self.projector, features)  # [(B, D)] per view; one call, BatchNorm sees every view
+        terms = [self.loss_fn.terms(z[i], z[j]) for i, j in cross_view_pairs(len(views), self.num_global)]
+        # The loss is linear in its two terms, so the mean of the pair losses is the weighted mean terms.
+        on_diagonal, redundancy = (torch.stack(t).mean() for t in zip(*terms))
+        loss = self.loss_scale * self.loss_fn.combine(on_diagonal, redundancy)
+        return loss, {"embedding_std": embedding_spread(z[0]), "on_diagonal": on_diagonal.detach(),
+                      "redundancy": redundancy.detach()}

@@ -1,0 +1,142 @@
+"""DINO (Caron et al., 2021, https://arxiv.org/abs/2104.14294): self-distillation with no labels.
+
+A student (backbone + :class:`DINOHead`) learns to match, on every view, the output distribution of a momentum
+teacher (an EMA copy of it) on the *other* global views. The teacher's logits are centred (a running mean
+subtracted) and sharpened (a low temperature): the two together keep it from collapsing to one dimension or
+to the uniform distribution.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crlf.config import Config
+from crlf.methods.base import MomentumMethod, StepClock, cross_view_pairs, embedding_spread, forward_backbone
+from crlf.models.encoder import ResNetEncoder
+from crlf.models.heads import mlp
+
+
+class DINOHead(nn.Module):
+    """``mlp`` (GELU) to a bottleneck -> L2-normalise -> weight-normalised ``Linear(bottleneck, K, bias=False)``
+    with its norm ``g`` fixed to 1 (DINO's ``norm_last_layer=True``): ``(N, in_dim) -> ((N, bottleneck), (N, K))``,
+    the unit bottleneck and the logits, which are cosines in [-1, 1]."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, num_prototypes: int, layers: int = 3,
+                 batchnorm: bool = False, last_batchnorm: bool = False):
+        super().__init__()
+        self.mlp = mlp(in_dim, hidden_dim, bottleneck_dim, layers, batchnorm, last_batchnorm, activation="gelu")
+        for module in self.mlp.modules():  # DINO's initialisation of the MLP (the last layer keeps torch's)
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        self.last_layer = nn.Linear(bottleneck_dim, num_prototypes, bias=False)  # V; the layer uses V / ||V||
+
+    def forward(self, h: torch.Tensor, freeze_last_layer: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self.last_layer.weight.detach() if freeze_last_layer else self.last_layer.weight  # (K, bottleneck)
+        z = self.mlp(h)  # (N, bottleneck)
+        with torch.autocast(h.device.type, enabled=False):  # logits / 0.04: bf16 rounding would be noise
+            z = F.normalize(z.float(), dim=1)  # (N, bottleneck) unit rows
+            return z, z @ F.normalize(v.float(), dim=1).T  # (N, K)
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between the centred, sharpened teacher and the student (eq. 1 and Algorithm 1 of
+    https://arxiv.org/abs/2104.14294), averaged over view pairs.
+
+    ``student``: ``V`` tensors ``(B, K)`` of student logits, one per view; ``teacher``: ``G <= V`` tensors
+    ``(B, K)`` of teacher logits on the global views ``0..G-1``; ``center``: ``(K,)``. For each pair ``(i, j)`` of
+    :func:`cross_view_pairs` (student view ``i``, teacher view ``j``, ``i != j``) the term is
+    ``-1/B sum_b sum_k softmax((t_j[b] - c) / tau_t)_k log softmax(s_i[b] / tau_s)_k``; the loss is their mean.
+    No gradient reaches the teacher. Computed in fp32 whatever the autocast dtype.
+    """
+
+    def __init__(self, student_temperature: float = 0.1):
+        super().__init__()
+        if not student_temperature > 0:
+            raise ValueError(f"student_temperature must be > 0, got {student_temperature}")
+        self.student_temperature = float(student_temperature)
+
+    def forward(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], center: torch.Tensor,
+                teacher_temperature: float) -> torch.Tensor:
+        if not teacher_temperature > 0:
+            raise ValueError(f"teacher_temperature must be > 0, got {teacher_temperature}")
+        if len(student) < 2 or not 1 <= len(teacher) <= len(student):
+            raise ValueError(f"DINO needs 2 or more student views and 1 to {len(student)} teacher views; got "
+                             f"{len(student)} and {len(teacher)}")
+        shape = student[0].shape
+        if len(shape) != 2 or any(t.shape != shape for t in (*student, *teacher)) or center.shape != shape[1:]:
+            raise ValueError(f"student and teacher logits must all be (B, K) of one shape and the centre (K,); got "
+                             f"{[tuple(t.shape) for t in student]}, {[tuple(t.shape) for t in teacher]} and "
+                             f"{tuple(center.shape)}")
+        with torch.autocast(student[0].device.type, enabled=False):
+            log_p = [(s.float() / self.student_temperature).log_softmax(dim=1) for s in student]  # V x (B, K)
+            c = center.detach().float()  # (K,)
+            q = [((t.detach().float() - c) / teacher_temperature).softmax(dim=1) for t in teacher]  # G x (B, K)
+            terms = [-(q[j] * log_p[i]).sum(1).mean() for i, j in cross_view_pairs(len(student), len(teacher))]
+            return torch.stack(terms).mean()
+
+
+class DINO(MomentumMethod):
+    """Student: backbone -> :class:`DINOHead` (the ``projector``); teacher: their EMA copies (``target_*``,
+    :class:`MomentumMethod`), on the global views only."""
+
+    name = "dino"
+
+    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+        m, c = cfg.model, cfg.method
+        head = DINOHead(backbone.feature_dim, m.proj_hidden_dim, m.proj_out_dim, c.num_prototypes, m.proj_layers,
+                        m.proj_batchnorm, m.proj_last_batchnorm)
+        super().__init__(backbone, cfg, num_images, head)
+        self.register_buffer("center", torch.zeros(c.num_prototypes))  # (K,)
+        self.loss_fn = DINOLoss(c.temperature)
+        self.center_momentum = c.center_momentum
+        self.teacher_temperature, self.warmup_teacher_temperature = c.teacher_temperature, c.warmup_teacher_temperature
+        self.warmup_teacher_epochs = c.warmup_teacher_epochs
+        if self.warmup_teacher_epochs > cfg.train.epochs:
+            warnings.warn(f"method.warmup_teacher_epochs={c.warmup_teacher_epochs:g} is longer than the run "
+                          f"(train.epochs={cfg.train.epochs}): the teacher temperature warms up from "
+                          f"{c.warmup_teacher_temperature:g} to {c.teacher_temperature:g} over the whole run instead.",
+                          stacklevel=2)
+            self.warmup_teacher_epochs = float(cfg.train.epochs)
+        self.freeze_last_layer_epochs = c.freeze_prototypes_epochs  # DINO's freeze_last_layer
+        self._clock = StepClock(0.0, cfg.train.epochs)  # from the loop, every step: not state
+        self._teacher_mean: torch.Tensor | None = None  # this step's mean teacher logits, until on_step_end
+
+    def teacher_temperature_at(self, epoch: float) -> float:
+        """Linear from ``warmup_teacher_temperature`` to ``teacher_temperature`` over the warm-up, then constant."""
+        if epoch >= self.warmup_teacher_epochs:
+            return self.teacher_temperature
+        start, end = self.warmup_teacher_temperature, self.teacher_temperature
+        return start + (end - start) * epoch / self.warmup_teacher_epochs
+
+    def on_step_start(self, clock: StepClock) -> None:
+        super().on_step_start(clock)
+        self._clock = clock
+
+    def forward(self, views):
+        b, g, clock = len(views[0]), self.num_global, self._clock
+        features = self.backbone_features(views)  # [(B, 512)] per view
+        frozen = clock.epoch < self.freeze_last_layer_epochs
+        z, student = self.projector(torch.cat(features), frozen)  # (VB, bottleneck), (VB, K)
+        with torch.no_grad():  # teacher in train mode (its own BatchNorm statistics), global views only
+            teacher_features = forward_backbone(self.target_backbone, views[:g], self.channels_last)  # [(B, 512)]
+            _, teacher = self.target_projector(torch.cat(teacher_features))  # (GB, K)
+        self._teacher_mean = teacher.mean(0)  # (K,)
+        temperature = self.teacher_temperature_at(clock.epoch)
+        loss = self.loss_fn(student.split(b), teacher.split(b), self.center, temperature)
+        return loss, {"embedding_std": embedding_spread(z[:b]), "teacher_temperature": z.new_tensor(temperature),
+                      "momentum": self.momentum_log(z)}
+
+    @torch.no_grad()
+    def on_step_end(self, clock: StepClock) -> None:
+        super().on_step_end(clock)  # EMA of the teacher
+        if self._teacher_mean is not None:  # c <- m c + (1 - m) mean(teacher logits of this step's global views)
+            self.center.mul_(self.center_momentum).add_(self._teacher_mean.to(self.center.dtype),
+                                                        alpha=1 - self.center_momentum)
+        self._teacher_mean = None

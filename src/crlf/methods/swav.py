@@ -1,0 +1,139 @@
+"""SwAV (Caron et al., 2020, https://arxiv.org/abs/2006.09882): swapped prediction of online cluster codes.
+
+Each view's L2-normalised projection is scored against ``K`` unit prototypes; Sinkhorn-Knopp turns the scores
+of each global view (plus a queue of recent projections on small batches) into soft codes that use every
+prototype equally often, and every other view predicts those codes from its own scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crlf.config import Config
+from crlf.methods.base import Method, StepClock, cross_view_pairs, embedding_spread, fitted_queue_size
+from crlf.models.encoder import ResNetEncoder
+from crlf.models.heads import mlp
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """Codes of ``N`` samples over ``K`` prototypes from their ``(N, K)`` scores (Algorithm 1 of the paper).
+
+    Returns ``Q`` ``(N, K)`` in fp32, without gradient: row ``n`` is sample ``n``'s code, a distribution over the
+    prototypes (every row sums to 1, exactly); the columns are equipartitioned, each summing to ``N / K``
+    (approximately after a few ``iterations``, exactly in the limit). ``Q`` is ``exp(scores / epsilon)``
+    alternately rescaled per prototype and per sample, the per-sample step last. Computed in the log domain:
+    the same numbers as the paper's code, but no ``exp`` overflow or underflow whatever ``epsilon``.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (N, K), got {tuple(scores.shape)}")
+    n, k = scores.shape
+    with torch.autocast(scores.device.type, enabled=False):
+        log_q = scores.float() / epsilon  # (N, K)
+        for _ in range(iterations):
+            log_q = log_q - log_q.logsumexp(0, keepdim=True) - math.log(k)  # each prototype: mass 1/K
+            log_q = log_q - log_q.logsumexp(1, keepdim=True) - math.log(n)  # each sample: mass 1/N
+        return (log_q + math.log(n)).exp()  # (N, K) rows sum to 1
+
+
+class SwAVLoss(nn.Module):
+    """Swapped prediction (eq. 1 of https://arxiv.org/abs/2006.09882), averaged over view pairs.
+
+    ``scores``: ``V`` tensors ``(B, K)``, every view's projections scored against the prototypes (cosines);
+    ``codes``: ``G <= V`` tensors ``(B, K)``, the Sinkhorn codes of the global views ``0..G-1`` (rows sum to 1).
+    For each pair ``(i, j)`` of :func:`cross_view_pairs` (view ``i`` predicts global view ``j``'s code) the term is
+    ``-1/B sum_b sum_k q_j[b, k] log softmax(s_i[b] / T)_k``; the loss is their mean. Computed in fp32 whatever
+    the autocast dtype: the scores are divided by a small temperature.
+    """
+
+    def __init__(self, temperature: float = 0.1):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def forward(self, scores: Sequence[torch.Tensor], codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(scores) < 2 or not 1 <= len(codes) <= len(scores):
+            raise ValueError(f"SwAV needs 2 or more views and 1 to {len(scores)} codes; got {len(scores)} views "
+                             f"and {len(codes)} codes")
+        shape = scores[0].shape
+        if len(shape) != 2 or any(t.shape != shape for t in (*scores, *codes)):
+            raise ValueError(f"scores and codes must all be (B, K) of one shape; got "
+                             f"{[tuple(t.shape) for t in scores]} and {[tuple(t.shape) for t in codes]}")
+        with torch.autocast(scores[0].device.type, enabled=False):
+            log_p = [(s.float() / self.temperature).log_softmax(dim=1) for s in scores]  # V x (B, K)
+            pairs = cross_view_pairs(len(scores), len(codes))
+            terms = [-(codes[j].float() * log_p[i]).sum(1).mean() for i, j in pairs]
+            return torch.stack(terms).mean()
+
+
+class SwAV(Method):
+    """Backbone -> :func:`mlp` projector -> L2-normalise -> prototypes ``Linear(D, K, bias=False)`` with unit
+    rows -> Sinkhorn codes of the global views -> :class:`SwAVLoss`."""
+
+    name = "swav"
+
+    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+        super().__init__(backbone, cfg, num_images)
+        m, c = cfg.model, cfg.method
+        self.projector = mlp(backbone.feature_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers,
+                             m.proj_batchnorm, m.proj_last_batchnorm, m.proj_dropout)
+        self.prototypes = nn.Linear(m.proj_out_dim, c.num_prototypes, bias=False)
+        self.loss_fn = SwAVLoss(c.temperature)
+        self.epsilon, self.iterations = c.sinkhorn_epsilon, c.sinkhorn_iterations
+        self.queue_start_epoch, self.freeze_prototypes_epochs = c.queue_start_epoch, c.freeze_prototypes_epochs
+        size = fitted_queue_size(c.queue_size, num_images, cfg.train.batch_size, "SwAV's queue")
+        # One queue per global view, newest first (the paper's code shifts it by a batch each step); it fills
+        # from the first step, so it is full when it starts to count; queue_filled says how much is real.
+        self.register_buffer("queue", torch.zeros(self.num_global, size, m.proj_out_dim))  # (G, Q, D)
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self._epoch = 0.0  # from the clock, every step: not state
+        self._to_enqueue: torch.Tensor | None = None  # this step's global projections, until on_step_end
+
+    def on_step_start(self, clock: StepClock) -> None:
+        self._epoch = clock.epoch
+        with torch.no_grad():  # unit prototypes: scores are cosines (the paper's code does this before each step)
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+
+    def queue_in_use(self) -> bool:
+        """The queue joins Sinkhorn from ``queue_start_epoch`` on, once full (never with zero rows in it)."""
+        size = self.queue.shape[1]
+        return size > 0 and self._epoch >= self.queue_start_epoch and int(self.queue_filled) >= size
+
+    def forward(self, views):
+        b, g = len(views[0]), self.num_global
+        features = self.backbone_features(views)  # [(B, 512)] per view
+        z = self.projector(torch.cat(features))  # (VB, D): one call, BatchNorm sees every view
+        frozen = self._epoch < self.freeze_prototypes_epochs
+        # Frozen prototypes are a constant of the graph: no gradient, so neither the update nor weight decay.
+        weight = self.prototypes.weight.detach() if frozen else self.prototypes.weight  # (K, D)
+        with torch.autocast(z.device.type, enabled=False):  # cosines / T: bf16 rounding would be noise
+            z = F.normalize(z.float(), dim=1)  # (VB, D) unit rows
+            scores = z @ weight.float().T  # (VB, K)
+        scores_by_view = scores.split(b)  # V x (B, K)
+        use_queue = self.queue_in_use()
+        codes = []
+        with torch.no_grad():
+            for j in range(g):
+                s = scores_by_view[j].detach()  # (B, K)
+                if use_queue:  # the queue's scores first, as in the paper's code; its codes are dropped
+                    s = torch.cat([self.queue[j] @ weight.float().T, s])  # (Q + B, K)
+                codes.append(sinkhorn(s, self.epsilon, self.iterations)[-b:])  # (B, K)
+        self._to_enqueue = z[:g * b].detach().view(g, b, -1)  # (G, B, D)
+        loss = self.loss_fn(scores_by_view, codes)
+        return loss, {"embedding_std": embedding_spread(z[:b]),
+                      "queue_in_use": z.new_tensor(float(use_queue))}
+
+    @torch.no_grad()
+    def on_step_end(self, clock: StepClock) -> None:
+        size = self.queue.shape[1]
+        if self._to_enqueue is not None and size > 0:
+            # Shifted FIFO: this batch in front, everything else one batch further back, the oldest dropped.
+            self.queue.copy_(torch.cat([self._to_enqueue.to(self.queue.dtype), self.queue], dim=1)[:, :size])
+            self.queue_filled.add_(self._to_enqueue.shape[1]).clamp_(max=size)
+        self._to_enqueue = None
