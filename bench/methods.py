@@ -9,11 +9,13 @@ epochs but the last three (32 px), as ``configs/fast-cpu.yaml`` does on the full
 trained on the subset and scored on the full test split (``bench/ablate.py``'s quick evaluation).
 
 Equal time, not equal epochs: ``calibrate`` times each variant's real step (its augmentation with its crops,
-then ``crlf.step.train_step``) at 16 and 32 px on this machine, alone, with 2 threads. The budget is what
-``simclr`` (the fast-cpu recipe) spends on 7 + 3 epochs; every variant gets the most epochs whose calibrated
-cost fits that budget (its 3 epochs at 32 px, the rest at 16 px). Because the epochs are fixed before a run
-starts, runs may then go side by side (``--jobs 2 --threads 1``) without changing any result: only their wall
-time, which each row records next to the calibrated one.
+then ``crlf.step.train_step``) at 16 and 32 px on this machine, alone, with 2 threads; a method's cost is the
+median over its optimiser variants (the optimiser is a few per cent of a step; single timings vary by ~15 %).
+The budget is what ``simclr`` (the fast-cpu recipe) spends on 7 + 3 epochs; every variant gets the most
+epochs whose calibrated cost fits that budget, in the same shape (30 % of the epochs, at least one, at 32 px,
+the rest at 16 px). Because the epochs are fixed before a run starts, runs may then go side by side
+(``--jobs 2 --threads 1``) without changing any result: only their wall time, which each row records next to
+the calibrated one.
 
 Each variant is ``configs/fast-cpu.yaml`` plus the overrides in ``VARIANTS`` (method, heads sized for a CPU,
 optimiser). Results go to runs/methods/results.jsonl (one line per variant and seed; reruns skip what is done).
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "runs" / "methods"
 BASE_CONFIG = "configs/fast-cpu.yaml"
 LIMIT = 10_000
-FINAL_32PX_EPOCHS = 3
+FULL_RES_SHARE = 0.3  # of the epochs at 32 px (at least one), as fast-cpu's 7 + 3
 REFERENCE = "simclr"  # the budget: the fast-cpu recipe's 7 + 3 epochs on the proxy
 REFERENCE_EPOCHS = 10
 
@@ -152,15 +153,36 @@ def calibrate(variants: list[str], data: str, steps: int) -> None:
         path.write_text(json.dumps(table, indent=1))
 
 
+def method_of(variant: str) -> str:
+    return variant.split("-")[0]
+
+
+def step_cost(variant: str, calibration: dict) -> dict[str, float]:
+    """Seconds per step at 16 and 32 px: the median over the variants of the same method and crops."""
+    family = variant.rsplit("-", 1)[0] if "-" in variant else variant
+    same = [v for v in calibration if (v.rsplit("-", 1)[0] if "-" in v else v) == family] or [variant]
+    return {k: statistics.median(calibration[v][k] for v in same) for k in ("s16", "s32")}
+
+
+def split_epochs(epochs: int) -> tuple[int, int]:
+    """(epochs at 16 px, epochs at 32 px) in fast-cpu's shape."""
+    full = max(1, round(FULL_RES_SHARE * epochs))
+    return epochs - full, full
+
+
 def schedule(variant: str, calibration: dict) -> tuple[int, float]:
-    """(epochs, calibrated seconds of training steps) within the reference's budget."""
+    """(epochs, calibrated seconds of training steps): the most epochs within the reference's budget."""
     steps = LIMIT // 256
-    ref = calibration[REFERENCE]
-    budget = steps * ((REFERENCE_EPOCHS - FINAL_32PX_EPOCHS) * ref["s16"] + FINAL_32PX_EPOCHS * ref["s32"])
-    cost = calibration[variant]
-    low_res = max(0, math.floor((budget - steps * FINAL_32PX_EPOCHS * cost["s32"]) / (steps * cost["s16"]) + 1e-9))
-    seconds = steps * (low_res * cost["s16"] + FINAL_32PX_EPOCHS * cost["s32"])
-    return low_res + FINAL_32PX_EPOCHS, seconds
+
+    def cost(v: str, epochs: int) -> float:
+        c, (low, full) = step_cost(v, calibration), split_epochs(epochs)
+        return steps * (low * c["s16"] + full * c["s32"])
+
+    budget = cost(REFERENCE, REFERENCE_EPOCHS)
+    epochs = 1
+    while cost(variant, epochs + 1) <= budget * 1.0001:
+        epochs += 1
+    return epochs, cost(variant, epochs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -184,7 +206,7 @@ def run_one(variant: str, seed: int, data: str, threads: int, calibration: dict)
     run_dir = ROOT / variant / f"seed{seed}"
     cmd = [sys.executable, "-m", "crlf.cli", "pretrain", "--config", BASE_CONFIG, "--data", data, "--out", str(run_dir),
            "--limit", str(LIMIT), "--seed", str(seed), "--epochs", str(epochs), "--quiet",
-           "--set", f"train.low_res_epochs={epochs - FINAL_32PX_EPOCHS}", "--set", "train.eval_every=0",
+           "--set", f"train.low_res_epochs={split_epochs(epochs)[0]}", "--set", "train.eval_every=0",
            *set_flags(VARIANTS[variant])]
     if threads:
         cmd += ["--threads", str(threads)]

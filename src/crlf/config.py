@@ -143,6 +143,8 @@ class TrainConfig:
     # (cheaper steps: ~2.9x at 16 px vs 32 px with the ImageNet stem on a CPU), the rest to data.image_size.
     low_res_size: int = 0  # 0 = off
     low_res_epochs: int = 0
+    # Several processes (torchrun): BatchNorm statistics over the global batch. None: the method's default.
+    sync_batchnorm: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -221,9 +223,10 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(default):
             raise UsageError(f"config key '{where}' must be a list of {len(default)} numbers, got {value!r}.")
         return tuple(float(v) for v in value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise UsageError(f"config key '{where}' must be true or false, got {value!r}.")
+    if isinstance(default, bool) or (default is None and f.name == "sync_batchnorm"):
+        if not isinstance(value, bool) and not (default is None and value is None):
+            raise UsageError(f"config key '{where}' must be true or false{' or null' if default is None else ''}, "
+                             f"got {value!r}.")
         return value
     if isinstance(default, int) or f.name == "limit":
         if value is None and f.name == "limit":
