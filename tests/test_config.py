@@ -85,3 +85,17 @@ def test_cli_bad_input_exits_2_with_message(argv, message, capsys, tmp_path):
     code = main(argv + (["--out", str(tmp_path / "r")] if argv[0] == "pretrain" else []))
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_exponent_notation_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 (PyYAML) reads `1e-5` as a string; in a float key it means the number, in a file or via --set."""
+    from crlf.cli import build_parser, train_overrides
+
+    config = tmp_path / "c.yaml"
+    config.write_text("optim:\n  lr: 1e-3\n  weight_decay: 5e-4\n")
+    cfg = load_config(config)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (1e-3, 5e-4)
+    args = build_parser().parse_args(["pretrain", "--set", "optim.weight_decay=1e-05"])
+    assert load_config(None, train_overrides(args)).optim.weight_decay == 1e-5
+    with pytest.raises(UsageError, match="must be a number"):
+        apply_overrides(Config(), {"optim": {"lr": "fast"}})

@@ -235,6 +235,11 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
             raise UsageError(f"config key '{where}' must be an integer, got {value!r}.")
         return int(value)
     if isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string: accept what float() reads
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"config key '{where}' must be a number, got {value!r}.")
         return float(value)
