@@ -28,10 +28,10 @@ def quick_evaluate(run_dir: Path) -> dict:
     from crlf.config import load_run_config
     from crlf.data.sources import balanced_subset, load_dataset
     from crlf.evaluate import evaluate_features, extract_features, freeze
-    from crlf.models.encoder import ResNetEncoder
+    from crlf.models.backbones import load_encoder
 
     cfg = load_run_config(run_dir)
-    encoder = freeze(ResNetEncoder.from_pretrained(run_dir))
+    encoder = freeze(load_encoder(run_dir))
     dataset = load_dataset(cfg.data.source, cfg.data.image_size, cfg.data.on_bad_image, progress=False)
     train = balanced_subset(dataset.train, cfg.data.limit, seed=cfg.train.seed)
     mean, std = cfg.augment.mean, cfg.augment.std

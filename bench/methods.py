@@ -3,6 +3,7 @@
     python bench/methods.py calibrate [--variants ...]          # ALONE on the machine: seconds per step
     python bench/methods.py run --variants all --seeds 0 [--threads 1 --jobs 2]
     python bench/methods.py table [--variants ...]              # markdown: mean ± std over the seeds run
+    python bench/methods.py throughput [--variants ...]         # ALONE: each method's step vs the bare backbone
 
 Proxy: a class-balanced 10,000-image subset of the training split (``--limit 10000``), views of 16 px for all
 epochs but the last three (32 px), as ``configs/fast-cpu.yaml`` does on the full set; the probe and kNN are
@@ -94,11 +95,14 @@ def merge(*parts: dict) -> dict:
 
 
 def _variants() -> dict[str, dict]:
+    """``<method>-<optimiser>`` for every method and optimiser, and ``...-mc``: the same plus 4 local crops."""
     variants = {}
     for name, heads in HEADS.items():
         variants[name if name == "simclr" else f"{name}-adam"] = merge(heads, ADAM)
         variants[f"{name}-adamcos"] = merge(heads, ADAM_COSINE)
         variants[f"{name}-lars"] = merge(heads, lars(LARS_LR[name]))
+    for name in list(variants):
+        variants[f"{name}-mc"] = merge(variants[name], LOCAL_CROPS)
     return variants
 
 
@@ -140,6 +144,56 @@ def time_steps(variant: str, data: str, steps: int) -> dict:
     return out
 
 
+def time_bound(variant: str, steps: int) -> dict:
+    """Child process: seconds per step of the bare backbone's forward + backward on random views of the
+    variant's shapes (no augmentation, heads, loss or optimiser): the compute the method cannot avoid."""
+    import torch
+
+    from crlf.config import apply_overrides, load_config
+    from crlf.data.augment import view_specs
+    from crlf.methods.base import forward_backbone
+    from crlf.runtime import flush_denormals
+    from crlf.train import build_training_modules
+
+    flush_denormals()
+    cfg = apply_overrides(load_config(BASE_CONFIG), VARIANTS[variant])
+    torch.manual_seed(0)
+    backbone = build_training_modules(cfg, num_images=LIMIT)[0].backbone.train()
+    out = {}
+    for size in (16, 32):
+        views = [torch.randn(cfg.train.batch_size, 3, spec.size, spec.size)  # (B, 3, S, S) per view
+                 for spec in view_specs(cfg.augment, cfg.data.image_size, size) for _ in range(spec.count)]
+        for i in range(2 + steps):
+            if i == 2:
+                t0 = time.perf_counter()
+            features = forward_backbone(backbone, views, cfg.train.channels_last)  # [(B, D)]
+            backbone.zero_grad(set_to_none=True)
+            sum(f.square().mean() for f in features).backward()
+        out[f"s{size}"] = (time.perf_counter() - t0) / steps
+    return out
+
+
+def throughput(variants: list[str], data: str, steps: int) -> str:
+    """Markdown: each variant's real step against the bare backbone bound, images/s at 16 and 32 px."""
+    lines = ["| variant | views per image | real step, images/s (16 px / 32 px) | bare backbone fwd+bwd, images/s "
+             "(16 / 32) | real / bound (16 / 32) |", "|---|---|---|---|---|"]
+    for variant in variants:
+        timings = []
+        for command in ("time-steps", "time-bound"):
+            out = subprocess.run([sys.executable, __file__, command, variant, "--data", data, "--steps", str(steps)],
+                                 check=True, capture_output=True, text=True, cwd=REPO)
+            timings.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        real, bound = timings
+        rate = {k: 256 / v for k, v in real.items()}
+        bound_rate = {k: 256 / v for k, v in bound.items()}
+        views = sum(c.get("count", 2) for c in VARIANTS[variant].get("augment", {}).get("crops", [{"count": 2}]))
+        lines.append(f"| {variant} | {views} | {rate['s16']:.0f} / {rate['s32']:.0f} | {bound_rate['s16']:.0f} / "
+                     f"{bound_rate['s32']:.0f} | {rate['s16'] / bound_rate['s16']:.2f} / "
+                     f"{rate['s32'] / bound_rate['s32']:.2f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def calibrate(variants: list[str], data: str, steps: int) -> None:
     path = ROOT / "calibration.json"
     table = json.loads(path.read_text()) if path.is_file() else {}
@@ -153,14 +207,15 @@ def calibrate(variants: list[str], data: str, steps: int) -> None:
         path.write_text(json.dumps(table, indent=1))
 
 
-def method_of(variant: str) -> str:
-    return variant.split("-")[0]
+def family(variant: str) -> str:
+    """The method and its crops, without the optimiser: ``byol-lars-mc`` -> ``byol-mc``."""
+    parts = variant.split("-")
+    return "-".join([parts[0]] + (["mc"] if parts[-1] == "mc" else []))
 
 
 def step_cost(variant: str, calibration: dict) -> dict[str, float]:
-    """Seconds per step at 16 and 32 px: the median over the variants of the same method and crops."""
-    family = variant.rsplit("-", 1)[0] if "-" in variant else variant
-    same = [v for v in calibration if (v.rsplit("-", 1)[0] if "-" in v else v) == family] or [variant]
+    """Seconds per step at 16 and 32 px: the median over the calibrated variants of the same family."""
+    same = [v for v in calibration if family(v) == family(variant)] or [variant]
     return {k: statistics.median(calibration[v][k] for v in same) for k in ("s16", "s32")}
 
 
@@ -259,7 +314,7 @@ def table(variants: list[str]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["calibrate", "run", "table", "time-steps", "list"])
+    p.add_argument("command", choices=["calibrate", "run", "table", "throughput", "time-steps", "time-bound", "list"])
     p.add_argument("variant", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--variants", nargs="+", default=["all"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -277,6 +332,10 @@ def main(argv=None) -> int:
             print(name, " ".join(set_flags(overrides)))
     elif args.command == "time-steps":
         print(json.dumps(time_steps(args.variant, args.data, args.steps)))
+    elif args.command == "time-bound":
+        print(json.dumps(time_bound(args.variant, args.steps)))
+    elif args.command == "throughput":
+        print(throughput(variants, args.data, args.steps))
     elif args.command == "calibrate":
         calibrate(variants, args.data, args.steps)
     elif args.command == "run":

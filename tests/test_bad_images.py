@@ -226,8 +226,8 @@ def test_cli_skip_mode_trains_and_writes_skipped_images_txt(work):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(source=st.sampled_from([JPEG, PNG, *ODD.values()]), cut=st.floats(0, 1),
-       flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=8))
+@given(source=st.sampled_from([JPEG, PNG, *ODD.values()]), cut=st.floats(0, 1, allow_subnormal=False),
+       flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True, allow_subnormal=False), st.integers(0, 255)), max_size=8))
 def test_damaged_bytes_decode_or_raise_bad_image(source, cut, flips):
     data = bytearray(source)
     for where, value in flips:

@@ -184,11 +184,12 @@ def test_cli_resume_named_corrupt_checkpoint_exits_2(tiny, killed_run, work):
     run = work / "run"
     shutil.copytree(killed_run, run)
     corrupt(run / LATEST, "random bytes")
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}  # tensorboard/ too
     resumed = fork_pretrain(tiny["data"], run, tiny["cache"], "--resume", str(run / LATEST))
     assert resumed.returncode == 2, resumed.output
     assert f"crlf: error: checkpoint '{run / LATEST}'" in resumed.output
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing restarted, nothing written
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # nothing restarted, nothing written
 
 
 def test_cli_resume_with_every_checkpoint_corrupt_exits_2(tiny, killed_run, work):

@@ -2,6 +2,7 @@
 
     crlf run       --config configs/seed.yaml --data cifar10 --out runs/r1       # pretrain + evaluate + plot + report
     crlf pretrain  --config configs/seed.yaml --data ../shared/data/cifar10-jpeg.tar.gz --out runs/seed
+    crlf pretrain  --nproc 4 ...          # 4 processes on this machine (= torchrun --nproc-per-node 4 -m crlf pretrain ...)
     crlf evaluate  runs/r1 [--finetune] [--supervised-baseline]                 # the last two: slow on a CPU
     crlf report    runs/r1                                                      # -> runs/r1/report.html
     crlf sweep     --config configs/seed.yaml --seeds 0 1 2 --out runs/sweep      # mean ± std over seeds
@@ -10,6 +11,7 @@
     crlf embed     runs/r1 --data my_images/ --out emb.npy
     crlf search    runs/r1 photo.jpg --k 8 --out grid.png
     crlf demo      runs/r1 [--host 127.0.0.1] [--port 7860]                    # needs: pip install -e '.[demo]'
+    crlf export    runs/r1 --format onnx|torchscript --out encoder.onnx         # onnx needs: pip install -e '.[export]'
 
 Exit codes: 0 done, 1 training stopped (non-finite loss, out of memory), 2 bad input,
 130 / 143 interrupted by SIGINT / SIGTERM after writing a checkpoint.
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -65,7 +69,8 @@ class Parser(argparse.ArgumentParser):
 
 def _add_train_flags(p: argparse.ArgumentParser, with_out: bool = True) -> None:
     p.add_argument("--config", type=Path, help="YAML config, e.g. configs/seed.yaml (the reference recipe)")
-    p.add_argument("--data", help="cifar10 | cifar100 | image folder | .tar/.tar.gz/.zip archive of one")
+    p.add_argument("--data", help="cifar10 | cifar100 | stl10 | tinyimagenet | image folder | .tar/.tar.gz/.zip "
+                                  "archive of one | stl10_binary/, cifar-100-python/ or tiny-imagenet-200/ folder")
     if with_out:
         p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (default: runs/latest)")
     p.add_argument("--epochs", type=int)
@@ -95,6 +100,9 @@ def build_parser() -> Parser:
                             ("run", "pretrain, evaluate and plot: the whole job")):
         p = sub.add_parser(name, help=help_text)
         _add_train_flags(p)
+        p.add_argument("--nproc", type=int, metavar="N",
+                       help="pretrain in N processes on this machine, one per GPU (DistributedDataParallel through "
+                            "torch's elastic launcher, as torchrun); --batch-size stays the global batch")
         p.set_defaults(_parser=p)
     p = sub.add_parser(
         "evaluate", help="linear probe, kNN, label efficiency, few-shot, retrieval, clustering -> metrics.json",
@@ -135,7 +143,7 @@ def build_parser() -> Parser:
     p.set_defaults(_parser=p)
     p = sub.add_parser("embed", help="frozen-encoder features of any images -> .npy")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--data", required=True, help="image folder or archive (or cifar10)")
+    p.add_argument("--data", required=True, help="image folder or archive, or any --data of crlf pretrain")
     p.add_argument("--out", type=Path, required=True, help="output .npy")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -152,6 +160,17 @@ def build_parser() -> Parser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--data", help="another copy of the run's data, if it has moved")
+    p.set_defaults(_parser=p)
+    p = sub.add_parser("export", help="the encoder as one ONNX or TorchScript file (dynamic batch), no CRLF needed",
+                       description="Exports the run's encoder in eval mode: input (B, 3, S, S) float32 normalised "
+                                   "with the run's mean and std (config.json), output (B, D) features; the batch "
+                                   "axis is dynamic. The file is checked against PyTorch at batch 1 and 3 before "
+                                   "it is written.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"],
+                   help="onnx (needs: pip install -e '.[export]') or torchscript")
+    p.add_argument("--out", type=Path, help="output file (default: RUN/encoder.onnx or RUN/encoder.torchscript.pt)")
+    p.add_argument("--image-size", type=int, help="input side S in pixels (default: the run's data.image_size)")
     p.set_defaults(_parser=p)
     return parser
 
@@ -185,14 +204,34 @@ def parse_set(item: str) -> tuple[str, str, object]:
     return section, key, value
 
 
+COMMAND_ENV = "CRLF_COMMAND"  # the user's command line, handed to the workers of --nproc (their argv differs)
+
+
 def _pretrain(args: argparse.Namespace) -> Path:
     from crlf.config import load_config
     from crlf.train import pretrain
 
     overrides = train_overrides(args)
+    argv = getattr(args, "argv", None)
+    command = os.environ.get(COMMAND_ENV) or (f"crlf {shlex.join(argv)}" if argv is not None else None)
     resume = args.resume if args.resume is True or not args.resume else Path(args.resume)
     cfg = load_config(args.config, overrides)
-    return pretrain(cfg, args.out, resume=resume, progress=not args.quiet, cli_overrides=overrides)
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc < 1:
+        raise UsageError(f"--nproc must be >= 1 (got {nproc}).")
+    if nproc and nproc > 1:
+        from crlf.launch import launch
+
+        if not args.resume and cfg.train.batch_size % nproc:  # a resumed run's batch size is its checkpoint's
+            raise UsageError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide evenly "
+                             f"over --nproc {nproc}; use a multiple of {nproc}.")
+        os.environ[COMMAND_ENV] = command or ""
+        try:
+            launch(main, args.argv, nproc, args.out)
+        finally:
+            os.environ.pop(COMMAND_ENV, None)
+        return args.out
+    return pretrain(cfg, args.out, resume=resume, progress=not args.quiet, cli_overrides=overrides, command=command)
 
 
 def _evaluate(run_dir: Path, data=None, device=None, quiet=False, **opt_in) -> dict:
@@ -203,6 +242,16 @@ def _evaluate(run_dir: Path, data=None, device=None, quiet=False, **opt_in) -> d
           f"kNN top-1 (k=20) {m['knn_top1_k20']:.2%} on {m['data']} "
           f"({m['num_train']:,} train / {m['num_test']:,} test images); metrics in {run_dir / 'metrics.json'}")
     return m
+
+
+def _pretraining_only(run_dir: Path, why: Exception) -> None:
+    from crlf.pipeline import plot_pretraining
+
+    print(f"crlf: evaluation skipped: {why}", file=sys.stderr)
+    for path in plot_pretraining(run_dir):
+        print(f"wrote {path}")
+    print(f"pretraining done; weights in {run_dir / 'encoder.safetensors'} (no metrics, plots of embeddings or "
+          f"report.html: they need labels)")
 
 
 def _plot(run_dir: Path) -> None:
@@ -247,10 +296,19 @@ def dispatch(args: argparse.Namespace) -> int:
     flush_denormals()  # first thing, before torch's CPU thread pool exists (see its docstring)
     if args.command == "pretrain":
         run_dir = _pretrain(args)
-        print(f"pretraining done; weights in {run_dir / 'encoder.safetensors'}")
+        if _rank() == 0 and not os.environ.get("CRLF_NPROC"):  # one line per job: rank 0's, or --nproc's launcher
+            print(f"pretraining done; weights in {run_dir / 'encoder.safetensors'}")
     elif args.command == "run":
         run_dir = _pretrain(args)
-        m = _evaluate(run_dir, quiet=args.quiet)
+        if _rank() > 0:  # under torchrun: rank 0 evaluates, plots and reports
+            return 0
+        from crlf.pipeline import EvaluationSkipped
+
+        try:
+            m = _evaluate(run_dir, quiet=args.quiet)
+        except EvaluationSkipped as exc:  # unlabeled data: the pretraining result stands (exit 0)
+            _pretraining_only(run_dir, exc)
+            return 0
         _plot(run_dir)
         _report(run_dir)
         print(f"done in {m['pretrain_time_s']:.0f} s pretraining + {m['eval_time_s']:.0f} s evaluation: "
@@ -283,25 +341,46 @@ def dispatch(args: argparse.Namespace) -> int:
         from crlf.demo import serve
 
         serve(args.run_dir, args.host, args.port, args.data)
+    elif args.command == "export":
+        _export(args)
     return 0
 
 
+def _export(args: argparse.Namespace) -> None:
+    from crlf.export_formats import export_run
+
+    info = export_run(args.run_dir, args.format, args.out, args.image_size)
+    b, c, h, w = info["input_shape"]
+    print(f"wrote {info['path']} ({info['format']}, {info['arch']}): input '{info['input']}' ({b}, {c}, {h}, {w}) "
+          f"float32 normalised with mean {info['mean']} std {info['std']} -> output '{info['output']}' "
+          f"({b}, {info['output_shape'][1]}); matches PyTorch at batch 1 and 3 (largest difference "
+          f"{info['max_abs_diff']:.1e})")
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK") or 0) if int(os.environ.get("WORLD_SIZE") or 1) > 1 else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"crlf: warning: {msg}\n"
+    prog = f"crlf (rank {_rank()})" if _rank() else "crlf"  # several processes: say which one speaks
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"{prog}: warning: {msg}\n"
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # --nproc starts workers with the same flags
         return dispatch(args)
     except UsageError as exc:
-        print(f"crlf: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingStopped as exc:
-        print(f"crlf: training stopped: {exc}", file=sys.stderr)
+        print(f"{prog}: training stopped: {exc}", file=sys.stderr)
         return 1
     except Interrupted as exc:
-        print(f"crlf: {exc}", file=sys.stderr)
+        if str(exc):  # empty: the workers of --nproc already said why
+            print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # a full disk or unwritable folder: the message names the path, nothing was replaced
-        print(f"crlf: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("crlf: interrupted", file=sys.stderr)

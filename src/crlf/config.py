@@ -24,10 +24,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "cifar10"  # "cifar10", "cifar100", an image folder, or a .tar/.tar.gz/.zip of one
-    limit: int | None = None  # class-balanced subset of the training split
+    # "cifar10", "cifar100", "stl10", "tinyimagenet", an image folder or a .tar/.tar.gz/.zip of one, or an
+    # extracted stl10_binary/, cifar-100-python/, cifar-10-batches-py/ or tiny-imagenet-200/ folder
+    source: str = "cifar10"
+    limit: int | None = None  # class-balanced subset of the training split (and as many unlabeled images)
     image_size: int = 32
     on_bad_image: str = "error"  # "error" | "skip"
+    # Training images: "memory" (one tensor, on the device), "memmap" (batches read from the cache file),
+    # "auto" (memory up to 2 GiB of images, memmap above: data larger than memory never load whole)
+    storage: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class AugmentConfig:
     grayscale_p: float = 0.2
     blur_p: float = 1.0  # the reference applies GaussianBlur(3) to every view
     blur_kernel: int = 3
+    # > 0: the kernel is this fraction of each view's side instead, odd as SimCLR makes it (radius =
+    # int(fraction * side) // 2): 0.1 gives 3 px at 32, 7 at 64, 9 at 96, 23 at 224. 0: blur_kernel pixels.
+    blur_kernel_fraction: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -64,8 +72,12 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
-    stem: str = "imagenet"  # "imagenet" (7x7/2 conv + maxpool) | "cifar" (3x3/1 conv, no maxpool)
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 | vit_tiny | vit_small | timm:<any timm model name>
+    # ResNets only (other archs ignore it): "imagenet" (7x7/2 conv + maxpool) | "cifar" (3x3/1 conv, no maxpool)
+    stem: str = "imagenet"
+    # ViTs: pixels per patch side; 0 = data.image_size // 8 (an 8x8 grid: 4 px at 32 px). timm:<name>: 0 = its own.
+    patch_size: int = 0
+    drop_path_rate: float = 0.0  # ViTs and timm models: stochastic depth (0 = off)
     # The method's projector: proj_layers linear layers (hidden width proj_hidden_dim) -> proj_out_dim.
     proj_hidden_dim: int = 256
     proj_out_dim: int = 64
@@ -145,6 +157,9 @@ class TrainConfig:
     low_res_epochs: int = 0
     # Several processes (torchrun): BatchNorm statistics over the global batch. None: the method's default.
     sync_batchnorm: bool | None = None
+    # TensorBoard event files in RUN/tensorboard/ (rank 0): step loss and lr, epoch figures, the kNN monitor;
+    # after `crlf evaluate`, the embedding projector. Logging draws no random numbers: runs train identically.
+    tensorboard: bool = True
 
 
 @dataclass(frozen=True)
@@ -340,9 +355,9 @@ def validate(cfg: Config) -> None:
     _check(d.limit is None or d.limit >= 2, f"data.limit must be >= 2 images (got {d.limit}).")
     _check(d.image_size >= 8, f"data.image_size must be >= 8 pixels (got {d.image_size}).")
     _check_choice(d.on_bad_image, ("error", "skip"), "data.on_bad_image")
+    _check_choice(d.storage, ("auto", "memory", "memmap"), "data.storage")
     _check_choice(a.backend, ("tensor", "pil"), "augment.backend")
-    _check_choice(m.arch, ("resnet18", "resnet34", "resnet50"), "model.arch")
-    _check_choice(m.stem, ("imagenet", "cifar"), "model.stem")
+    _validate_model(cfg)
     from crlf.methods import METHOD_NAMES  # names only: importing a method would import torch
 
     _check_choice(cfg.method.name, METHOD_NAMES, "method.name")
@@ -358,6 +373,8 @@ def validate(cfg: Config) -> None:
         _check(getattr(a, key) >= 0, f"augment.{key} must be >= 0.")
     _check(0 <= a.hue <= 0.5, f"augment.hue must be in [0, 0.5] (got {a.hue}).")
     _check(a.blur_kernel >= 1 and a.blur_kernel % 2 == 1, f"augment.blur_kernel must be odd and >= 1 (got {a.blur_kernel}).")
+    _check(0 <= a.blur_kernel_fraction <= 0.5, f"augment.blur_kernel_fraction must be in [0, 0.5] (got "
+                                               f"{a.blur_kernel_fraction}); 0.1 is SimCLR's, 0 means blur_kernel pixels.")
     _check(0 < a.blur_sigma[0] <= a.blur_sigma[1], "augment.blur_sigma must satisfy 0 < min <= max.")
     _check(all(s > 0 for s in a.std), "augment.std must be > 0.")
     _check(0 <= m.proj_dropout < 1, f"model.proj_dropout must be in [0, 1) (got {m.proj_dropout}).")
@@ -386,6 +403,45 @@ def _validate_crops(cfg: Config) -> None:
     if cfg.augment.backend == "pil":
         _check(len(cfg.augment.crops) == 1 and cfg.augment.crops[0].count == 2,
                "augment.backend=pil builds the reference's two views only; use the tensor backend for multi-crop.")
+
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small")  # and timm:<name>
+
+
+def _validate_model(cfg: Config) -> None:
+    m, d = cfg.model, cfg.data
+    if m.arch.startswith("timm:"):
+        _check_timm_name(m.arch.removeprefix("timm:"))
+    elif m.arch not in ARCHS:
+        close = [f"timm:{m.arch}"] if _is_timm_model(m.arch) else difflib.get_close_matches(m.arch, ARCHS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UsageError(f"model.arch must be one of {', '.join(ARCHS)} or timm:<name> (any timm model, e.g. "
+                         f"timm:resnet10t); got '{m.arch}'.{hint}")
+    _check_choice(m.stem, ("imagenet", "cifar"), "model.stem")  # checked for every arch; only ResNets use it
+    _check(m.patch_size >= 0, f"model.patch_size must be >= 0 (got {m.patch_size}); 0 = data.image_size // 8.")
+    _check(0 <= m.drop_path_rate < 1, f"model.drop_path_rate must be in [0, 1) (got {m.drop_path_rate}).")
+    if m.arch.startswith("vit_"):  # every view must hold at least one patch
+        sizes = [c.size or d.image_size for c in cfg.augment.crops]
+        if cfg.train.low_res_epochs:  # views shrink with the image during the low-resolution epochs
+            sizes = [max(4, round(s * cfg.train.low_res_size / d.image_size)) for s in sizes]  # as view_specs
+        patch = m.patch_size or max(1, d.image_size // 8)
+        _check(patch <= min(sizes), f"model.patch_size {patch} is larger than the smallest view ({min(sizes)} px); "
+                                    f"lower model.patch_size (0 = data.image_size // 8).")
+
+
+def _is_timm_model(name: str) -> bool:
+    import timm  # only for timm archs and unknown names: reading other configs never imports torch
+
+    return timm.is_model(name)
+
+
+def _check_timm_name(name: str) -> None:
+    if not _is_timm_model(name):
+        import timm
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f" Did you mean 'timm:{close[0]}'?" if close else " See timm.list_models() for the names."
+        raise UsageError(f"model.arch 'timm:{name}': timm {timm.__version__} has no model '{name}'.{hint}")
 
 
 def _validate_method(m: MethodConfig) -> None:

@@ -11,18 +11,21 @@ from safetensors.torch import save as safetensors_bytes
 
 from crlf.config import Config
 from crlf.io import atomic_save_with, atomic_write_bytes, atomic_write_json
-from crlf.models.encoder import ResNetEncoder
+from crlf.models.backbones import backbone_spec, published_state_dict
 
 
 def plain_pth_name(cfg: Config) -> str:
-    return f"encoder_{cfg.model.arch}_{cfg.method.name}.pth"
+    # "timm:resnet10t" -> "timm-resnet10t": no colon in a file name (Windows, and scp's host:path)
+    return f"encoder_{cfg.model.arch.replace(':', '-')}_{cfg.method.name}.pth"
 
 
-def export_encoder(encoder: ResNetEncoder, cfg: Config, run_dir: Path, extra: dict | None = None) -> None:
-    """``encoder.safetensors`` + ``config.json`` (for ``ResNetEncoder.from_pretrained``) and the ``.pth``."""
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+def export_encoder(encoder: torch.nn.Module, cfg: Config, run_dir: Path, extra: dict | None = None) -> None:
+    """``encoder.safetensors`` + ``config.json`` (for ``crlf.load_encoder``, and ``ResNetEncoder.from_pretrained``
+    for ResNets) and the ``.pth``. config.json names the arch and what rebuilds it: the stem of a ResNet, the
+    timm model name and keyword arguments of a ViT or timm model (whose weights keep timm's own names)."""
+    state = published_state_dict(encoder)
     atomic_write_bytes(run_dir / "encoder.safetensors", safetensors_bytes(state))
-    meta = {"arch": cfg.model.arch, "stem": cfg.model.stem, "feature_dim": encoder.feature_dim,
+    meta = {**backbone_spec(encoder), "feature_dim": encoder.feature_dim,
             "image_size": cfg.data.image_size, "mean": list(cfg.augment.mean), "std": list(cfg.augment.std),
             "method": cfg.method.name, **(extra or {})}
     atomic_write_json(run_dir / "config.json", meta)

@@ -12,6 +12,8 @@
   middle of global step ``k`` (0-based), after the forward pass and before the update.
 * ``CRLF_FAULT_OOM_AT_STEP=k``: raise ``torch.OutOfMemoryError`` in the forward pass of global step ``k``
   (0-based), as a GPU that runs out of memory would.
+* ``CRLF_FAULT_RANK=r``: with several processes (torchrun), the faults above fire in rank ``r`` only (a rank
+  that dies while the others go on); unset, in every process.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ import os
 import signal
 
 
+def _armed() -> bool:
+    rank = os.environ.get("CRLF_FAULT_RANK")
+    return not rank or rank == os.environ.get("RANK", "0")
+
+
 def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
+    value = os.environ.get(name) if _armed() else None
     return int(value) if value not in (None, "") else None
 
 
@@ -40,7 +47,7 @@ def maybe_poison_loss(loss: float, global_step: int) -> float:
 
 
 def _env_step_and_signal(name: str) -> tuple[int | None, signal.Signals]:
-    value = os.environ.get(name) or ""
+    value = (os.environ.get(name) if _armed() else None) or ""
     step, _, sig = value.partition(":")
     return (int(step) if step else None), getattr(signal, sig or "SIGINT")
 

@@ -18,11 +18,41 @@ from crlf.errors import UsageError
 from crlf.evaluate import evaluate_features, extract_features, freeze
 from crlf.export import save_array
 from crlf.io import atomic_write_bytes, atomic_write_json
-from crlf.models.encoder import ResNetEncoder
+from crlf.model_card import write_model_card
+from crlf.models.backbones import load_encoder
 from crlf.run_files import read_history
 from crlf.runtime import environment_record, resolve_device
+from crlf.tensorboard import write_projector
 
 run_config = load_run_config  # kept under this name for callers of crlf.pipeline
+
+
+class EvaluationSkipped(UsageError):
+    """The data have no labels or no test split: nothing label-based can be measured. ``crlf evaluate``
+    exits 2 with the message; ``crlf run`` prints it and keeps the pretraining result (exit 0)."""
+
+
+def check_labelled(dataset, source: str, run_dir: Path) -> None:
+    """Raise :class:`EvaluationSkipped` saying why and what to pass, if ``dataset`` cannot be evaluated."""
+    fix = (f"To evaluate, pass a labelled copy with both splits: crlf evaluate {run_dir} --data ROOT "
+           f"(ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg).")
+    kept = f"The pretrained encoder is in {run_dir / 'encoder.safetensors'}; crlf embed works on it."
+    if not dataset.classes:
+        raise EvaluationSkipped(f"'{source}' has no labels (a flat folder of images, no class folders), so "
+                                f"label-based evaluation (linear probe, kNN) was skipped. {kept} {fix}")
+    if dataset.test is None:
+        raise EvaluationSkipped(f"'{source}' has no test split (test/<class>/...), so label-based evaluation "
+                                f"(linear probe, kNN) was skipped. {kept} {fix}")
+
+
+def plot_pretraining(run_dir: Path) -> list[Path]:
+    """The one figure a run without evaluation has: its loss curve (``crlf plot`` needs metrics.json)."""
+    from crlf.export import load_array
+    from crlf.plots import loss_curve
+
+    losses = run_dir / "step_losses.npy"
+    return [loss_curve(read_history(run_dir), load_array(losses) if losses.exists() else None,
+                       run_dir / "plots" / "loss_curve.png")]
 
 
 def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = None, progress: bool = True,
@@ -38,12 +68,9 @@ def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = No
         cfg = apply_overrides(cfg, {"data": {"source": data}}, origin="--data")
     dev = resolve_device(device or cfg.train.device)
     t0 = time.perf_counter()
-    encoder = freeze(ResNetEncoder.from_pretrained(run_dir).to(dev))
+    encoder = freeze(load_encoder(run_dir).to(dev))
     dataset = load_dataset(cfg.data.source, cfg.data.image_size, cfg.data.on_bad_image, progress=progress)
-    if dataset.test is None:
-        raise UsageError(f"'{cfg.data.source}' has no test split (test/<class>/...); evaluation needs one.")
-    if not dataset.classes:
-        raise UsageError(f"'{cfg.data.source}' has no class folders; evaluation needs labelled images.")
+    check_labelled(dataset, cfg.data.source, run_dir)
     # The same class-balanced subset that pretraining saw; the test split always in full.
     train = balanced_subset(dataset.train, cfg.data.limit, seed=cfg.train.seed)
     mean, std = cfg.augment.mean, cfg.augment.std
@@ -81,6 +108,9 @@ def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = No
         "config": to_dict(cfg),
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
+    if cfg.train.tensorboard:  # the embedding projector: test embeddings, class names, a sprite of the images
+        write_projector(run_dir, test_x, dataset.test.labels, dataset.classes, dataset.test.images)
+    write_model_card(run_dir)  # RUN/README.md, now with the linear and kNN figures
     return metrics
 
 
@@ -91,9 +121,10 @@ def embed_source(run_dir: Path, data: str, out: Path, device: str = "auto", prog
         raise UsageError(f"--out must end in .npy (got '{out}').")
     cfg = run_config(run_dir)
     dev = resolve_device(device)
-    encoder = freeze(ResNetEncoder.from_pretrained(run_dir).to(dev))
+    encoder = freeze(load_encoder(run_dir).to(dev))
     dataset = load_dataset(data, cfg.data.image_size, cfg.data.on_bad_image, progress=progress)
-    splits = [("train", dataset.train)] + ([("test", dataset.test)] if dataset.test is not None else [])
+    splits = [(name, split) for name, split in (("train", dataset.train), ("test", dataset.test),
+                                                ("unlabeled", dataset.unlabeled)) if split is not None]
     features, labels, files = [], [], []
     for name, split in splits:
         features.append(extract_features(encoder, split.images, cfg.augment.mean, cfg.augment.std, dev,

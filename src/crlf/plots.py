@@ -50,13 +50,20 @@ def loss_curve(history: list[dict], step_losses: np.ndarray | None, path: Path, 
     return _save(fig, path)
 
 
+LEGEND_MAX_CLASSES = 20  # beyond this a legend (and per-cell numbers) are unreadable: colours/shades only
+
+
 def _scatter(points: np.ndarray, labels: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 6))
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    for c, name in enumerate(classes):
-        sel = labels == c
-        ax.scatter(points[sel, 0], points[sel, 1], s=4, alpha=0.6, color=cmap(c % cmap.N), label=name)
-    ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    if len(classes) <= LEGEND_MAX_CLASSES:
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for c, name in enumerate(classes):
+            sel = labels == c
+            ax.scatter(points[sel, 0], points[sel, 1], s=4, alpha=0.6, color=cmap(c % cmap.N), label=name)
+        ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    else:  # many classes: one continuous colour map over the class index, no legend
+        ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6, c=labels, cmap="nipy_spectral")
+        title += f"\ncolour = class index (0-{len(classes) - 1})"
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)
@@ -80,8 +87,13 @@ def tsne_embedding(emb: np.ndarray, labels: np.ndarray, classes: list[str], path
 
 def confusion_matrix_plot(cm: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 6))
-    ConfusionMatrixDisplay(np.asarray(cm), display_labels=classes).plot(
-        ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False, values_format="d")
+    few = len(classes) <= LEGEND_MAX_CLASSES
+    ConfusionMatrixDisplay(np.asarray(cm), display_labels=classes if few else None).plot(
+        ax=ax, cmap="Blues", xticks_rotation=45, colorbar=not few, values_format="d", include_values=few)
+    if not few:  # class names do not fit: index ticks every tenth class
+        ticks = np.arange(0, len(classes), 10)
+        ax.set_xticks(ticks, ticks)
+        ax.set_yticks(ticks, ticks)
     ax.set_title(title or "Linear probe confusion matrix (test)")
     return _save(fig, path)
 

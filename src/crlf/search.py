@@ -109,7 +109,7 @@ class RunSearch:
         from safetensors import safe_open
 
         from crlf.data.sources import balanced_subset, load_dataset
-        from crlf.models.encoder import ResNetEncoder
+        from crlf.models.backbones import load_encoder
 
         self.run_dir = run_dir = Path(run_dir)
         self.cfg = cfg = load_run_config(run_dir)
@@ -118,7 +118,7 @@ class RunSearch:
         if missing:
             raise UsageError(f"'{run_dir}' has no {', '.join(missing)}; run crlf evaluate {run_dir} first.")
         self.device = torch.device(device)
-        self.encoder = ResNetEncoder.from_pretrained(run_dir).to(self.device).eval()  # eval: BatchNorm's running stats
+        self.encoder = load_encoder(run_dir).to(self.device).eval()  # eval: BatchNorm's running stats
         self.encoder.requires_grad_(False)
         metrics_path = run_dir / "metrics.json"
         self.metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

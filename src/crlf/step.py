@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from crlf.distributed import mean_over_ranks
 from crlf.methods.base import Method, StepClock
 
 
@@ -20,13 +21,14 @@ def train_step(method: Method, optimizer: torch.optim.Optimizer, views: list[tor
     the forward pass and before any update: it may raise to stop training with the weights untouched (the
     loop's non-finite-loss guard), and returns the loss value to record. ``marks``, if given, receives
     ``time.perf_counter()`` after the forward pass, the backward pass and the optimiser step (profiling).
-    Returns the loss and the method's logs as floats.
+    Returns the loss and the method's logs as floats; with several processes (``method`` wrapped in DDP), their
+    means over the ranks, i.e. the values of the global batch.
     """
     method.on_step_start(clock)
     device_type = views[0].device.type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         loss, logs = method(views)  # every loss computes in fp32 inside
-    loss_value = float(loss.detach())  # one host sync per step: the value is logged anyway
+    loss_value = float(mean_over_ranks(loss.detach()))  # one host sync per step: it is logged anyway
     if marks is not None:
         marks.append(time.perf_counter())
     if check_loss is not None:
@@ -39,5 +41,5 @@ def train_step(method: Method, optimizer: torch.optim.Optimizer, views: list[tor
     method.on_step_end(clock)
     if marks is not None:
         marks.append(time.perf_counter())
-    values = torch.stack([v.detach().float() for v in logs.values()]).tolist() if logs else []
+    values = mean_over_ranks(torch.stack([v.detach().float() for v in logs.values()])).tolist() if logs else []
     return loss_value, dict(zip(logs, values))

@@ -6,6 +6,9 @@ two by default, or multi-crop), and hand them to :func:`crlf.step.train_step`, w
 (backbone once per view size, its heads and loss in fp32), the backward pass, the optimiser and the
 method's per-step hooks. No DataLoader: the decoded dataset is a single uint8 tensor, and on 2 CPU cores
 worker processes would only fight the model for the cores.
+
+Under torchrun (or ``crlf pretrain --nproc N``) the same loop runs in every process: each rank takes its slice
+of the global batch, the step runs through DDP, and rank 0 alone writes files (:mod:`crlf.distributed`).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from crlf import faults
+from crlf import distributed, faults
 from crlf.checkpoint import (
     LATEST,
     PREVIOUS,
     find_resumable,
+    load_checkpoint_file,
     remove_partial_writes,
     restore_rng_state,
     rng_state,
@@ -37,16 +41,20 @@ from crlf.checkpoint import (
 )
 from crlf.config import Config, apply_overrides, save_config, to_dict
 from crlf.data.augment import build_augment, normalize, view_specs
-from crlf.data.sources import Dataset, balanced_subset, load_dataset
+from crlf.data.mapped import MappedImages, training_images
+from crlf.data.sources import Dataset, load_dataset, pretraining_split
 from crlf.errors import Interrupted, TrainingStopped, UsageError
 from crlf.export import export_encoder, save_array
 from crlf.io import atomic_write_text
 from crlf.methods import method_class
 from crlf.methods.base import Method, StepClock
+from crlf.model_card import evaluation_gap, record_command, write_model_card
+from crlf.models.backbones import build_backbone
 from crlf.models.encoder import ResNetEncoder
 from crlf.optim import build_optimizer, learning_rate, set_learning_rate
 from crlf.runtime import environment_record, flush_denormals, resolve_device
 from crlf.step import train_step
+from crlf.tensorboard import training_board
 
 COLLAPSE_STD_FRACTION = 0.1  # warn when the embedding spread falls below 10 % of a uniform spread (1/sqrt(D))
 
@@ -83,7 +91,7 @@ def build_training_modules(cfg: Config, device: torch.device | str = "cpu", num_
     """The method (backbone included) on ``device``, backbone in the configured memory layout, and its
     optimiser: the training step's modules, shared by the loop and the benchmarks that time it.
     ``num_images`` (the training set's size) lets queues fit themselves to small data."""
-    backbone = ResNetEncoder(cfg.model.arch, cfg.model.stem)
+    backbone = build_backbone(cfg.model, cfg.data.image_size)  # ResNet, ViT or timm model
     method = method_class(cfg.method.name)(backbone, cfg, num_images or 10**9)
     method.to(device)
     if cfg.train.channels_last:  # every convolution's weights, momentum targets included; heads are 2-d
@@ -144,29 +152,36 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
             f"'{run_dir}' already holds a run ({held[0]}). Pass --resume to continue it, or choose a new --out; "
             f"nothing was overwritten."
         )
-    if resume:
+    if resume and distributed.is_main():
         remove_partial_writes(run_dir)  # temp files of a process killed mid-write
 
 
-def load_training_data(cfg: Config, progress: bool = True) -> tuple[Dataset, torch.Tensor, np.ndarray]:
+def load_training_data(cfg: Config, progress: bool = True
+                       ) -> tuple[Dataset, torch.Tensor | MappedImages, np.ndarray]:
+    """The dataset, the pretraining images (train, then any unlabeled split) and their labels (-1: none).
+    The images are one uint8 tensor, or with ``data.storage`` memmap (or auto, for large data) a
+    :class:`MappedImages` that reads each batch from the cache file: ``images[idx]`` works on both."""
     dataset = load_dataset(cfg.data.source, cfg.data.image_size, cfg.data.on_bad_image, progress=progress)
-    train = balanced_subset(dataset.train, cfg.data.limit, seed=cfg.train.seed)
+    train = pretraining_split(dataset, cfg.data.limit, seed=cfg.train.seed)
     if len(train) < cfg.train.batch_size:
         raise UsageError(
             f"the training split has {len(train)} images, fewer than train.batch_size={cfg.train.batch_size}; "
             f"lower --batch-size or raise --limit."
         )
-    return dataset, torch.from_numpy(train.images), train.labels  # (N, 3, H, W) uint8, (N,) int64
+    return dataset, training_images(train.images, cfg.data.storage), train.labels  # (N, 3, H, W) uint8, (N,)
 
 
 def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: bool = True,
-             cli_overrides: dict | None = None) -> Path:
-    """Pretrain an encoder into ``run_dir``; returns ``run_dir``. ``resume`` is True or a checkpoint path."""
+             cli_overrides: dict | None = None, command: str | None = None) -> Path:
+    """Pretrain an encoder into ``run_dir``; returns ``run_dir``. ``resume`` is True or a checkpoint path.
+    ``command``: the command line that started (or resumed) it, for the model card."""
     run_dir = Path(run_dir)
+    distributed.init_from_env()  # under torchrun: join the process group; nothing in a single process
+    progress = progress and distributed.is_main()  # rank 0 alone shows progress and writes files
     prepare_run_dir(run_dir, bool(resume))
     checkpoint = None
     if resume:
-        checkpoint, checkpoint_path = find_resumable(run_dir, resume if isinstance(resume, Path) else None)
+        checkpoint, checkpoint_path = resumable_checkpoint(run_dir, resume)
         # The run's own config, then any new flags (e.g. --epochs).
         cfg = apply_overrides(Config(), checkpoint["config"], origin=f"'{checkpoint_path}'")
         if cli_overrides:
@@ -174,30 +189,56 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
     flush_denormals()  # no-op if the CLI already did it; from Python, best called before any torch work
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    aug_gen = seed_everything(cfg.train.seed)
+    distributed.check_batch_size(cfg.train.batch_size)  # the global batch, split evenly over the processes
+    device = distributed.rank_device(resolve_device(cfg.train.device), cfg.train.threads)  # cuda -> cuda:LOCAL_RANK
+    perm_gen = seed_everything(cfg.train.seed)
+    aug_gen = distributed.augmentation_generator(perm_gen, cfg.train.seed)  # perm_gen itself in one process
+    if distributed.is_distributed():  # rank 0 decodes and caches a new source once; the others then read the cache
+        distributed.decided_on_main(lambda: load_dataset(cfg.data.source, cfg.data.image_size, cfg.data.on_bad_image,
+                                                         progress=progress) and None)
     dataset, images, labels = load_training_data(cfg, progress)
-    if dataset.skipped:
+    if dataset.skipped and distributed.is_main():
         atomic_write_text(run_dir / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in dataset.skipped))
-    save_config(cfg, run_dir / "config.yaml")
+    if distributed.is_main():
+        save_config(cfg, run_dir / "config.yaml")
 
     method, optimizer = build_training_modules(cfg, device, len(images))
     state = Progress()
     if checkpoint is not None:
         method.load_state_dict(checkpoint["method"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        restore_rng_state(checkpoint["rng"], aug_gen)
+        restore_rng_state(checkpoint["rng"], perm_gen)
+        distributed.restore_rank_rng(checkpoint, aug_gen, cfg.train.seed, device)  # each rank's own stream
         state = Progress.from_checkpoint(checkpoint)
+    if distributed.is_main():
+        record_command(run_dir, command, None if checkpoint is None else f"global step {state.global_step} "
+                       f"(epoch {state.epoch + 1}, step {state.step})")
     if cfg.train.compile:
         method.compile_backbone()
-    trainer = Trainer(cfg, run_dir, method, optimizer, images.to(device), labels, aug_gen, state, progress)
-    with _StopSignals() as stop:
+    trainer = Trainer(cfg, run_dir, method, optimizer, images.to(device), labels, aug_gen, state, progress,
+                      perm_gen=perm_gen)
+    where = lambda: f"epoch {state.epoch + 1} step {state.step + 1}"  # noqa: E731
+    with trainer.board, _StopSignals() as stop, distributed.stop_on_lost_rank(where, trainer.resume_hint):
         while state.epoch < cfg.train.epochs:
             trainer.train_epoch(stop)
-    export_encoder(method.backbone, cfg, run_dir,
-                   extra={"data": dataset.description, "epochs": state.epoch,
-                          "train_time_s": round(state.train_time_s, 1), **environment_record(device)})
+    if distributed.is_main():
+        world = {"world_size": distributed.world_size()} if distributed.is_distributed() else {}
+        export_encoder(method.backbone, cfg, run_dir,
+                       extra={"data": dataset.description, "epochs": state.epoch,
+                              "train_time_s": round(state.train_time_s, 1), **world, **environment_record(device)})
+        write_model_card(run_dir, evaluation_gap(dataset))  # RUN/README.md; crlf evaluate adds the figures
+    distributed.shutdown()
     return run_dir
+
+
+def resumable_checkpoint(run_dir: Path, resume: bool | Path) -> tuple[dict[str, Any], Path]:
+    """The checkpoint to resume from (``resume``: True or a path). With several processes rank 0 alone picks
+    it (and moves a corrupt one aside), then every rank loads the file it picked."""
+    explicit = resume if isinstance(resume, Path) else None
+    if not distributed.is_distributed():
+        return find_resumable(run_dir, explicit)
+    path = distributed.decided_on_main(lambda: find_resumable(run_dir, explicit)[1])
+    return load_checkpoint_file(path), path
 
 
 class Trainer:
@@ -206,24 +247,28 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path, method: Method, optimizer: torch.optim.Optimizer,
                  images: torch.Tensor, labels: np.ndarray, aug_gen: torch.Generator, state: Progress,
-                 progress: bool):
+                 progress: bool, perm_gen: torch.Generator | None = None):
         self.cfg, self.run_dir, self.method, self.optimizer = cfg, run_dir, method, optimizer
         self.images, self.labels, self.aug_gen, self.state, self.progress = images, labels, aug_gen, state, progress
+        self.perm_gen = perm_gen or aug_gen  # one stream in one process; common to every rank with several
+        self.model = distributed.wrap(method, cfg.train.sync_batchnorm, images.device)  # DDP with several processes
         self.augment = build_augment(cfg.augment, cfg.data.image_size)
         self.batch = cfg.train.batch_size
         self.steps_per_epoch = len(images) // self.batch  # drop the last partial batch: equal steps
         self.autocast_dtype = autocast_dtype(cfg.train.precision, images.device)
-        self.resume_hint = f"crlf pretrain --out {run_dir} --resume"
+        self.resume_hint = distributed.resume_command(run_dir)
         self.lr = learning_rate(cfg, state.global_step, self.steps_per_epoch)
+        # TensorBoard (rank 0, train.tensorboard): it only reads numbers the loop already has
+        self.board = training_board(run_dir, cfg.train.tensorboard and distributed.is_main(), state.global_step)
 
     def train_epoch(self, stop: _StopSignals) -> None:
         state, cfg = self.state, self.cfg
         if state.step == 0:
-            state.perm = torch.randperm(len(self.images), generator=self.aug_gen)
+            state.perm = torch.randperm(len(self.images), generator=self.perm_gen)
         specs = view_specs(cfg.augment, cfg.data.image_size, view_size(cfg, state.epoch))
         bar = tqdm(total=self.steps_per_epoch, initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
                    unit="step", disable=not self.progress, dynamic_ncols=True)
-        self.method.train()
+        self.model.train()
         while state.step < self.steps_per_epoch:
             loss_value, dt = self.step(specs)
             bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{self.batch / dt:.0f}", refresh=False)
@@ -231,21 +276,23 @@ class Trainer:
             faults.maybe_kill(state.global_step)
             if state.step < self.steps_per_epoch:
                 every = cfg.train.checkpoint_every_steps
-                if (every and state.global_step % every == 0) or stop.received:
-                    save_checkpoint(self.run_dir, self.checkpoint_state())
-                if stop.received:
+                signum = distributed.agreed_signal(stop.received)  # every rank stops after the same step
+                if (every and state.global_step % every == 0) or signum:
+                    self.write_checkpoint()
+                if signum:
                     bar.close()
-                    _raise_interrupted(stop.received, state, self.resume_hint)
+                    _raise_interrupted(signum, state, self.resume_hint)
         bar.close()
         record = self.finish_epoch()
-        save_checkpoint(self.run_dir, self.checkpoint_state())
+        self.write_checkpoint()
         faults.maybe_kill_after_checkpoint(state.epoch)
         if self.progress:
             knn = f", kNN monitor {record['knn_top1']:.1%}" if "knn_top1" in record else ""
             tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['images_per_s']:.0f} img/s, "
                        f"{record['epoch_time_s']:.0f} s{knn}")
-        if stop.received:
-            _raise_interrupted(stop.received, state, self.resume_hint)
+        signum = distributed.agreed_signal(stop.received)
+        if signum:
+            _raise_interrupted(signum, state, self.resume_hint)
 
     def step(self, specs) -> tuple[float, float]:
         """One optimisation step; returns its loss and wall time."""
@@ -254,11 +301,12 @@ class Trainer:
         self.lr = learning_rate(self.cfg, state.global_step, self.steps_per_epoch)
         set_learning_rate(self.optimizer, self.lr)
         clock = StepClock(state.epoch + state.step / self.steps_per_epoch, self.cfg.train.epochs)
-        idx = state.perm[state.step * batch:(state.step + 1) * batch].to(self.images.device)
+        idx = state.perm[state.step * batch:(state.step + 1) * batch]  # (B,) the global batch
+        idx = distributed.shard(idx).to(self.images.device)  # (B / W,) this rank's part: all of it in one process
         with _stop_on_out_of_memory(state, batch, self.images.device, self.run_dir, self.resume_hint):
             faults.maybe_oom(state.global_step, self.images.device)
             views = self.augment(self.images[idx], self.aug_gen, specs)  # [(B, 3, S, S)], global views first
-            loss_value, logs = train_step(self.method, self.optimizer, views, clock, self.autocast_dtype,
+            loss_value, logs = train_step(self.model, self.optimizer, views, clock, self.autocast_dtype,
                                           check_loss=self.check_loss)
         dt = time.perf_counter() - t0
         state.step += 1
@@ -269,6 +317,7 @@ class Trainer:
             state.epoch_log_sums[key] = state.epoch_log_sums.get(key, 0.0) + value
         state.epoch_time_s += dt
         state.train_time_s += dt
+        self.board.step(state.global_step, loss_value, self.lr)
         return loss_value, dt
 
     def check_loss(self, loss_value: float) -> float:
@@ -289,27 +338,38 @@ class Trainer:
         state, cfg, steps = self.state, self.cfg, self.steps_per_epoch
         logs = {k: v / steps for k, v in state.epoch_log_sums.items()}
         spread = logs.pop("embedding_std", float("nan"))
-        warn_if_collapsed(spread, self.method.embedding_dim, state.epoch + 1)
+        if distributed.is_main():  # the logs are means over the ranks: one warning is enough
+            warn_if_collapsed(spread, self.method.embedding_dim, state.epoch + 1)
         record = {"epoch": state.epoch + 1, "loss": state.epoch_loss_sum / steps, "lr": self.lr,
                   "epoch_time_s": round(state.epoch_time_s, 3),
                   "images_per_s": round(steps * self.batch / state.epoch_time_s, 1),
                   "embedding_std": round(spread, 5), "steps": steps, "view_size": view_size(cfg, state.epoch),
                   **{k: round(v, 6) for k, v in logs.items()}}
-        if cfg.train.eval_every and (state.epoch + 1) % cfg.train.eval_every == 0 and self.labels.min() >= 0:
+        if (cfg.train.eval_every and (state.epoch + 1) % cfg.train.eval_every == 0 and self.labels.max() >= 0
+                and distributed.is_main()):  # rank 0's record is the one written
             record["knn_top1"] = round(knn_monitor(self.method.backbone, self.images, self.labels, cfg), 4)
         state.history.append(record)
+        self.board.epoch(state.global_step, record)
         state.epoch += 1
         state.step, state.epoch_loss_sum, state.epoch_log_sums, state.epoch_time_s = 0, 0.0, {}, 0.0
-        write_training_metrics(self.run_dir, state)
+        if distributed.is_main():
+            write_training_metrics(self.run_dir, state)
         return record
+
+    def write_checkpoint(self) -> None:
+        state = self.checkpoint_state()  # on every rank: it gathers every rank's random state
+        if distributed.is_main():
+            self.board.flush()  # the event file holds at least what the checkpoint holds
+            save_checkpoint(self.run_dir, state)
 
     def checkpoint_state(self) -> dict[str, Any]:
         method_state = self.method.state_dict()
         self.stop_if_not_finite(method_state)
         return {"config": to_dict(self.cfg), "method": method_state, "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state(self.aug_gen), "perm": self.state.perm,
+                "rng": rng_state(self.perm_gen), "perm": self.state.perm,
                 "step_losses": torch.tensor(self.state.step_losses, dtype=torch.float64),
-                "progress": self.state.counters()}
+                "progress": self.state.counters(),
+                **distributed.rank_rng_record(self.aug_gen, self.images.device)}  # world size, per-rank streams
 
     def stop_if_not_finite(self, method_state: dict[str, torch.Tensor]) -> None:
         """Never checkpoint inf/nan weights: a loss can stay finite for a step after the weights overflow
@@ -352,14 +412,15 @@ MONITOR_BATCH = 512  # feature extraction batch
 def knn_monitor(encoder: ResNetEncoder, images: torch.Tensor, labels: np.ndarray, cfg: Config) -> float:
     """A cheap kNN top-1 while pretraining, to see learning (or collapse) early.
 
-    Both the bank and the queries are fixed, disjoint parts of the *training* split: the test split stays
-    unseen until ``crlf evaluate``. It draws no random numbers from the run's generators, so runs with and
-    without the monitor train identically.
+    Both the bank and the queries are fixed, disjoint parts of the labelled *training* images (STL-10's
+    unlabeled rows, label -1, are left out): the test split stays unseen until ``crlf evaluate``. It draws no
+    random numbers from the run's generators, so runs with and without the monitor train identically.
     """
     from crlf.evaluate import knn_predict
 
-    order = np.random.default_rng(MONITOR_SEED).permutation(len(images))
-    n_query = min(MONITOR_QUERIES, len(images) // 5)
+    labelled = np.flatnonzero(labels >= 0)  # (L,) all rows when every image has a label
+    order = labelled[np.random.default_rng(MONITOR_SEED).permutation(len(labelled))]
+    n_query = min(MONITOR_QUERIES, len(order) // 5)
     query_idx, bank_idx = order[:n_query], order[n_query:n_query + MONITOR_BANK]
     was_training = encoder.training
     encoder.eval()

@@ -96,6 +96,15 @@ class ViewSpec(NamedTuple):
     scale: tuple[float, float]
 
 
+def blur_kernel_size(cfg: AugmentConfig, side: int) -> int:
+    """The Gaussian blur's kernel for views of ``side`` pixels: ``augment.blur_kernel`` pixels, or with
+    ``augment.blur_kernel_fraction`` > 0 that fraction of the side, made odd as SimCLR does
+    (``radius = int(fraction * side) // 2``): one recipe then blurs alike at 32, 64 and 96 px."""
+    if cfg.blur_kernel_fraction <= 0:
+        return cfg.blur_kernel
+    return 2 * (int(cfg.blur_kernel_fraction * side + 1e-9) // 2) + 1  # 1e-9: 0.1 * 70 must give 7, not 6
+
+
 def view_specs(cfg: AugmentConfig, image_size: int, view_size: int | None = None) -> list[ViewSpec]:
     """The crop specs of ``augment.crops`` resolved for an epoch whose global views are ``view_size`` px
     (``image_size``, or less during progressive resizing): every crop's side scales with it (a 16-px local
@@ -164,8 +173,9 @@ class TensorAugment:
         if bool(p["jitter"].any()):
             x = self._color_jitter(x, p)
         x = torch.where(p["gray"].view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
-        if self.cfg.blur_kernel > 1 and bool(p["blur"].any()):
-            x = self._gaussian_blur(x, p)
+        kernel = blur_kernel_size(self.cfg, x.shape[-1])  # of this view's side
+        if kernel > 1 and bool(p["blur"].any()):
+            x = self._gaussian_blur(x, p, kernel)
         return normalize_float(x, self.cfg.mean, self.cfg.std)
 
     def _resized_crop_flip(self, x, p, height, width, size) -> torch.Tensor:
@@ -212,8 +222,8 @@ class TensorAugment:
                 y.index_copy_(0, sel, part)
         return x.index_copy(0, jittered, y)
 
-    def _gaussian_blur(self, x, p) -> torch.Tensor:
-        k = self.cfg.blur_kernel
+    def _gaussian_blur(self, x, p, kernel: int | None = None) -> torch.Tensor:
+        k = kernel or self.cfg.blur_kernel
         n, c, h, w = x.shape
         offsets = torch.arange(k, device=x.device, dtype=x.dtype) - (k - 1) / 2  # (K,)
         kernel = torch.exp(-0.5 * (offsets.view(1, -1) / p["sigma"].view(-1, 1)) ** 2)  # (B, K)
@@ -266,8 +276,9 @@ class PILAugment:
             T.RandomApply([T.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
             T.RandomGrayscale(cfg.grayscale_p),
         ]
-        if cfg.blur_kernel > 1 and cfg.blur_p > 0:
-            blur = T.GaussianBlur(cfg.blur_kernel, sigma=tuple(cfg.blur_sigma))
+        kernel = blur_kernel_size(cfg, out_size)
+        if kernel > 1 and cfg.blur_p > 0:
+            blur = T.GaussianBlur(kernel, sigma=tuple(cfg.blur_sigma))
             steps.append(blur if cfg.blur_p >= 1 else T.RandomApply([blur], p=cfg.blur_p))
         steps += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
         return T.Compose(steps)

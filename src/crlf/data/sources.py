@@ -4,43 +4,62 @@ Supported ``--data`` values:
 
 * ``cifar10`` / ``cifar100``: torchvision's download of the canonical release (checked by MD5) into the
   cache folder. Offline, a clear error says how to point ``--data`` at a local copy.
+* ``stl10``: torchvision's download of the STL-10 binary release (MD5-checked), 96 px; ``tinyimagenet``:
+  the Tiny-ImageNet-200 zip from cs231n (MD5-checked), 64 px. Both land in the cache folder.
 * an image folder ``ROOT/{train,test}/<class>/*.{jpg,jpeg,png,bmp,webp}``, or a ``.tar``, ``.tar.gz``,
   ``.tgz`` or ``.zip`` archive holding one (one top-level folder inside is fine). ``ROOT/<class>/*`` and
   a flat folder of images also work (everything is then the training split; a flat folder has no labels).
+* a published layout, extracted: ``stl10_binary/``, ``cifar-100-python/``, ``cifar-10-batches-py/``, or
+  ``tiny-imagenet-200/`` (also as its .zip) — see :mod:`crlf.data.formats`.
+
+Splits: ``train`` and ``test`` serve evaluation; a source may also have an ``unlabeled`` split (STL-10's
+100,000 images), which pretraining alone reads (:func:`pretraining_split`: train, then unlabeled).
 
 Decoded arrays are cached under ``$CRLF_CACHE`` (default ``~/.cache/crlf``) keyed by a checksum of the
-source, so a second run loads CIFAR-10's 60,000 images in well under two seconds.
+source, as one memory-mapped file (:mod:`crlf.data.cache`): a second run opens CIFAR-10's 60,000 images
+in well under a second, and data larger than memory are never loaded whole.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-import json
 import os
-import tarfile
-import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from crlf.data.decode import BadImage, decode_image
+from crlf.data.cache import Decoded, ImageSink, read_cache, write_index
+from crlf.data.decode import decode_image
+from crlf.data.folders import IMAGE_EXTENSIONS, decode_folder
+from crlf.data.formats import (
+    check_stl10_size,
+    cifar_pickle_kind,
+    is_stl10_folder,
+    read_cifar_pickles,
+    read_stl10,
+)
 from crlf.errors import UsageError
-from crlf.io import atomic_save_with
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+__all__ = ["IMAGE_EXTENSIONS", "Dataset", "Split", "balanced_subset", "load_dataset", "pretraining_split"]
+
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one memory-mapped .images.npy + .npz index (1: one .npz, fully loaded); old keys never match
 OFFLINE_HINT = "point --data at a local copy, e.g. --data ../shared/data/cifar10-jpeg.tar.gz (an image-folder archive)"
+NAMED = {"cifar10": "CIFAR-10 (canonical release)", "cifar100": "CIFAR-100 (canonical release)",
+         "stl10": "STL-10 (canonical release)", "tinyimagenet": "Tiny-ImageNet (canonical release)"}
+FORMAT_NAMES = {"stl10": "STL-10", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny-ImageNet"}
+STL10_FILES = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin")
+TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 
 
 @dataclass
 class Split:
-    images: np.ndarray  # (N, 3, H, W) uint8
+    images: np.ndarray  # (N, 3, H, W) uint8 (a memory map of the cache file, or in memory)
     labels: np.ndarray  # (N,) int64; -1 where the source has no labels
-    files: list[str] = field(default_factory=list)  # where each image came from (empty for cifar10)
+    files: list[str] = field(default_factory=list)  # where each image came from (empty for binary formats)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -59,18 +78,19 @@ class Dataset:
     train: Split
     test: Split | None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) with on_bad_image=skip
+    unlabeled: Split | None = None  # extra images for pretraining only (STL-10); never evaluated on
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CRLF_CACHE", Path.home() / ".cache" / "crlf"))
 
 
-def describe_source(source: str) -> str:
+def describe_source(source: str, fmt: str | None = None) -> str:
     name = Path(source).name.lower()
-    if source == "cifar10":
-        return "CIFAR-10 (canonical release)"
-    if source == "cifar100":
-        return "CIFAR-100 (canonical release)"
+    if source in NAMED:
+        return NAMED[source]
+    if fmt in FORMAT_NAMES:
+        return f"{FORMAT_NAMES[fmt]} ({Path(source).name})"
     if "cifar10-jpeg" in name or "cifar-10-jpeg" in name:
         return "CIFAR-10 (JPEG copy)"
     return f"image folder {Path(source).name}"
@@ -80,27 +100,36 @@ def load_dataset(source: str, image_size: int = 32, on_bad_image: str = "error",
     """Load (from cache when possible) every split of ``source``."""
     if source in ("cifar10", "cifar100"):
         return _load_torchvision_cifar(source, image_size)
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise UsageError(
-            f"data source '{source}' does not exist. Pass 'cifar10', an image folder "
-            f"(ROOT/train/<class>/*.jpg) or a .tar/.tar.gz/.zip archive of one."
-        )
-    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        raise UsageError(f"'{source}' is a file but not an archive; use a .tar, .tar.gz, .tgz or .zip, or a folder.")
+    if source in DOWNLOADS:
+        if source == "stl10":
+            check_stl10_size(image_size)  # before a 2.6 GB download, not after
+        path = DOWNLOADS[source]()
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            close = difflib.get_close_matches(source.lower(), list(NAMED), n=1) if "/" not in source else []
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UsageError(
+                f"data source '{source}' does not exist.{hint} Pass cifar10, cifar100, stl10, tinyimagenet, an image "
+                f"folder (ROOT/train/<class>/*.jpg) or a .tar/.tar.gz/.zip archive of one, or an extracted "
+                f"stl10_binary/, cifar-100-python/ or tiny-imagenet-200/ folder."
+            )
+        if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+            raise UsageError(f"'{source}' is a file but not an archive; use a .tar, .tar.gz, .tgz or .zip, or a folder.")
     checksum = _source_checksum(path)
     key = hashlib.sha256(f"{checksum}|{image_size}|{on_bad_image}|v{CACHE_VERSION}".encode()).hexdigest()[:24]
-    cached = cache_dir() / f"{key}.npz"
-    description = describe_source(source)
-    if cached.exists():
+    index, images = cache_dir() / f"{key}.npz", cache_dir() / f"{key}.images.npy"
+    if index.exists():
         try:
-            return _read_cache(cached, description, source, checksum)
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            cached.unlink(missing_ok=True)
-    dataset = _decode_source(path, image_size, on_bad_image, progress)
-    dataset.description, dataset.source, dataset.checksum = description, source, checksum
-    _write_cache(cached, dataset)
-    return dataset
+            return _dataset(read_cache(index, images), source, checksum)
+        except Exception:  # a damaged or unfinished cache is rebuilt, never trusted
+            index.unlink(missing_ok=True)
+            images.unlink(missing_ok=True)
+    with ImageSink(images, image_size) as sink:
+        decoded = _decode(path, image_size, on_bad_image, progress, sink)
+    if isinstance(decoded.images, np.memmap):  # else the cache folder could not be written: nothing to index
+        write_index(index, decoded)
+    return _dataset(decoded, source, checksum)
 
 
 def balanced_subset(split: Split, limit: int | None, seed: int = 0) -> Split:
@@ -119,8 +148,35 @@ def balanced_subset(split: Split, limit: int | None, seed: int = 0) -> Split:
     return split.subset(np.sort(chosen))
 
 
+def pretraining_split(dataset: Dataset, limit: int | None = None, seed: int = 0) -> Split:
+    """The images pretraining sees: the training split (``balanced_subset`` of ``limit``), then the unlabeled
+    split where the source has one (all of it, or ``limit`` of it drawn at random with ``seed``). Labels
+    are -1 on the unlabeled rows. Without ``limit`` this is a view of the cache file, not a copy."""
+    train = balanced_subset(dataset.train, limit, seed)
+    extra = dataset.unlabeled
+    if extra is None:
+        return train
+    if limit is not None and limit < len(extra):
+        extra = extra.subset(np.sort(np.random.default_rng(seed).permutation(len(extra))[:limit]))
+    files = train.files + extra.files if train.files and extra.files else []
+    return Split(_join_rows(train.images, extra.images), np.concatenate([train.labels, extra.labels]), files)
+
+
+def _join_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a`` then ``b`` as one array: a view when they are adjacent rows of one array (the cache's
+    train | unlabeled rows: STL-10's 105,000 images are not copied), a copy otherwise."""
+    base = a.base
+    if (isinstance(base, np.ndarray) and b.base is base and base.flags.c_contiguous and a.flags.c_contiguous
+            and b.flags.c_contiguous and base.shape[1:] == a.shape[1:] == b.shape[1:]
+            and a.ctypes.data + a.nbytes == b.ctypes.data):
+        row = a.strides[0]
+        start = (a.ctypes.data - base.ctypes.data) // row
+        return base[start:start + len(a) + len(b)]
+    return np.concatenate([a, b])
+
+
 # ---------------------------------------------------------------------------------------------------
-# torchvision CIFAR
+# Downloads: torchvision CIFAR (read by torchvision), STL-10 and Tiny-ImageNet (read by crlf.data.formats)
 
 
 def _load_torchvision_cifar(name: str, image_size: int) -> Dataset:
@@ -143,8 +199,41 @@ def _load_torchvision_cifar(name: str, image_size: int) -> Dataset:
     return Dataset(describe_source(name), name, cls.tgz_md5, list(train.classes), split(train), split(test))
 
 
+def _stl10_folder() -> Path:
+    """The extracted binary release, downloaded and MD5-checked by torchvision on first use."""
+    from torchvision import datasets
+
+    root = cache_dir() / "torchvision"
+    folder = root / datasets.STL10.base_folder
+    if not all((folder / name).is_file() for name in STL10_FILES):
+        try:  # 2.6 GB; torchvision checks the archive's and every file's MD5, then extracts
+            datasets.STL10(str(root), split="test", download=True)
+        except (OSError, RuntimeError) as exc:
+            raise UsageError(f"could not download or verify stl10 into '{root}' ({exc}). Offline? Point --data at an "
+                             f"extracted stl10_binary/ folder ({', '.join(STL10_FILES)}).") from None
+    return folder
+
+
+def _tiny_imagenet_folder() -> Path:
+    """The extracted Tiny-ImageNet-200 zip, downloaded and MD5-checked on first use."""
+    root = cache_dir() / "tinyimagenet"
+    folder = root / "tiny-imagenet-200"
+    if not (folder / "wnids.txt").is_file() or not (folder / "val" / "val_annotations.txt").is_file():
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        try:  # 248 MB; the MD5 is checked before extracting
+            download_and_extract_archive(TINY_URL, str(root), md5=TINY_MD5)
+        except (OSError, RuntimeError) as exc:
+            raise UsageError(f"could not download or verify tinyimagenet into '{root}' ({exc}). Offline? Point --data "
+                             f"at an extracted tiny-imagenet-200/ folder or at tiny-imagenet-200.zip.") from None
+    return folder
+
+
+DOWNLOADS = {"stl10": _stl10_folder, "tinyimagenet": _tiny_imagenet_folder}
+
+
 # ---------------------------------------------------------------------------------------------------
-# Image folders and archives
+# Local sources
 
 
 def _source_checksum(path: Path) -> str:
@@ -160,163 +249,22 @@ def _source_checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _safe_member_name(name: str, archive: Path) -> PurePosixPath:
-    """Refuse archive members that would escape the archive (absolute paths, '..')."""
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or ".." in posix.parts or (posix.parts and ":" in posix.parts[0]):
-        raise UsageError(f"archive '{archive}' holds an unsafe member name '{name}' (absolute or with '..'); refusing to read it.")
-    return posix
+def _decode(path: Path, image_size: int, on_bad_image: str, progress: bool, sink: ImageSink) -> Decoded:
+    if is_stl10_folder(path):
+        return read_stl10(path, image_size, sink, progress)
+    kind = cifar_pickle_kind(path)
+    if kind is not None:
+        return read_cifar_pickles(path, kind, image_size, sink)
+    return decode_folder(path, image_size, on_bad_image, progress, sink, decode_image)
 
 
-def _iter_archive(path: Path) -> Iterator[tuple[PurePosixPath, bytes | None]]:
-    """Yield (member path, bytes) for files and (path, None) for folders, in archive order."""
-    name = path.name.lower()
-    try:
-        if name.endswith(".zip"):
-            with zipfile.ZipFile(path) as archive:
-                for info in archive.infolist():
-                    member = _safe_member_name(info.filename, path)
-                    yield member, None if info.is_dir() else archive.read(info)
-        else:
-            with tarfile.open(path, "r:*") as archive:
-                for info in archive:
-                    member = _safe_member_name(info.name, path)
-                    if info.isdir():
-                        yield member, None
-                    elif info.isfile():
-                        handle = archive.extractfile(info)
-                        yield member, handle.read() if handle else b""
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise UsageError(f"could not read archive '{path}': {exc}. Is it complete and a .tar/.tar.gz/.zip?") from None
+def _dataset(decoded: Decoded, source: str, checksum: str) -> Dataset:
+    def split(name: str) -> Split | None:
+        if name not in decoded.splits:
+            return None
+        start, stop = decoded.splits[name]
+        files = decoded.files[start:stop] if decoded.files else []
+        return Split(decoded.images[start:stop], decoded.labels[start:stop], files)  # views, not copies
 
-
-def _iter_folder(path: Path) -> Iterator[tuple[PurePosixPath, bytes | None]]:
-    for item in sorted(path.rglob("*")):
-        rel = PurePosixPath(item.relative_to(path).as_posix())
-        if item.is_dir():
-            yield rel, None
-        elif item.is_file():
-            yield rel, item  # read lazily: bytes are loaded at decode time
-
-def _strip_common_root(entries: list[tuple[PurePosixPath, object]]) -> list[tuple[PurePosixPath, object]]:
-    """Drop one top-level folder shared by every entry (``cifar10-jpeg/train/...`` -> ``train/...``)."""
-    tops = {p.parts[0] for p, _ in entries if p.parts}
-    if len(tops) == 1 and all(len(p.parts) > 1 for p, data in entries if data is not None):
-        top = next(iter(tops))
-        if top not in ("train", "test"):
-            return [(PurePosixPath(*p.parts[1:]), d) for p, d in entries if len(p.parts) > 1]
-    return entries
-
-
-def _layout(entries: list[tuple[PurePosixPath, object]], source: Path) -> dict[str, dict[str, list]]:
-    """Group image entries as {split: {class: [(path, data)]}}; class '' means unlabeled."""
-    entries = [(p, d) for p, d in entries if not any(part.startswith(".") or part == "__MACOSX" for part in p.parts)]
-    entries = _strip_common_root(entries)
-    files = [(p, d) for p, d in entries if d is not None]
-    images = [(p, d) for p, d in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    if not images:
-        raise UsageError(
-            f"'{source}' holds no images ({', '.join(IMAGE_EXTENSIONS)}). Expected ROOT/train/<class>/*.jpg "
-            f"(and ROOT/test/<class>/*.jpg), ROOT/<class>/*.jpg or a flat folder of images."
-        )
-    tops = {p.parts[0] for p, _ in images}
-    split_layout = "train" in tops or "test" in tops
-    groups: dict[str, dict[str, list]] = {}
-    for p, d in images:
-        parts = p.parts
-        if split_layout:
-            if parts[0] not in ("train", "test"):
-                continue  # stray files beside train/ and test/
-            if len(parts) != 3:
-                raise UsageError(f"'{source}': image '{p}' is not at {parts[0]}/<class>/<file>; move it into a class folder.")
-            split, label = parts[0], parts[1]
-        elif len(parts) == 2:
-            split, label = "train", parts[0]
-        elif len(parts) == 1:
-            split, label = "train", ""
-        else:
-            raise UsageError(f"'{source}': image '{p}' is nested too deep; expected <class>/<file> or train/<class>/<file>.")
-        groups.setdefault(split, {}).setdefault(label, []).append((p, d))
-    if "train" not in groups:
-        raise UsageError(f"'{source}' has a test/ folder but no train/ folder with images.")
-    # Class folders that exist but hold no image are a mistake worth stopping for.
-    for p, d in entries:
-        if d is None and len(p.parts) == (2 if split_layout else 1) and (not split_layout or p.parts[0] in groups):
-            split, label = (p.parts[0], p.parts[1]) if split_layout else ("train", p.parts[0])
-            if label not in groups.get(split, {}):
-                raise UsageError(f"class folder '{p}' in '{source}' holds no images; add images or remove the folder.")
-    return groups
-
-
-def _decode_source(path: Path, image_size: int, on_bad_image: str, progress: bool) -> Dataset:
-    entries = list(_iter_archive(path) if path.is_file() else _iter_folder(path))
-    groups = _layout(entries, path)
-    classes = sorted(c for c in groups["train"] if c != "")
-    if "" in groups["train"] and classes:
-        raise UsageError(f"'{path}' mixes loose images with class folders; put every image in a class folder.")
-    unknown = sorted(set(groups.get("test", {})) - set(groups["train"]))
-    if unknown:
-        raise UsageError(f"'{path}': test classes {unknown} have no training folder; the class folders must match.")
-    index = {c: i for i, c in enumerate(classes)}
-    skipped: list[tuple[str, str]] = []
-    total = sum(len(v) for g in groups.values() for v in g.values())
-    bar = tqdm(total=total, desc=f"decoding {path.name}", unit="img", disable=not progress, leave=False)
-    splits = {}
-    for split_name in ("train", "test"):
-        if split_name not in groups:
-            continue
-        images, labels, files = [], [], []
-        for label in sorted(groups[split_name]):
-            for member, data in groups[split_name][label]:
-                where = f"{path}/{member}" if path.is_file() else str(path / member)
-                raw = data.read_bytes() if isinstance(data, Path) else data
-                try:
-                    images.append(decode_image(raw, image_size))
-                except BadImage as exc:
-                    if on_bad_image == "error":
-                        raise UsageError(
-                            f"bad image '{where}': {exc}. Fix or remove it, or pass --on-bad-image skip."
-                        ) from None
-                    skipped.append((where, str(exc)))
-                    continue
-                finally:
-                    bar.update(1)
-                labels.append(index.get(label, -1))
-                files.append(member.as_posix())
-        if not images:
-            raise UsageError(f"no readable images in the {split_name} split of '{path}'.")
-        splits[split_name] = Split(np.stack(images), np.asarray(labels, dtype=np.int64), files)
-    bar.close()
-    return Dataset("", str(path), "", classes, splits["train"], splits.get("test"), skipped)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Cache
-
-
-def _write_cache(path: Path, ds: Dataset) -> None:
-    arrays = {
-        "train_images": ds.train.images,
-        "train_labels": ds.train.labels,
-        "train_files": np.asarray(ds.train.files, dtype=str),
-        "meta": np.asarray(json.dumps({"classes": ds.classes, "skipped": ds.skipped})),
-    }
-    if ds.test is not None:
-        arrays |= {
-            "test_images": ds.test.images,
-            "test_labels": ds.test.labels,
-            "test_files": np.asarray(ds.test.files, dtype=str),
-        }
-    try:  # uncompressed: loading is a memcpy, which is the point of the cache
-        atomic_save_with(path, lambda buf: np.savez(buf, **arrays))
-    except OSError:
-        pass  # a cache that cannot be written only costs time on the next run
-
-
-def _read_cache(path: Path, description: str, source: str, checksum: str) -> Dataset:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        train = Split(z["train_images"], z["train_labels"], z["train_files"].tolist())
-        test = Split(z["test_images"], z["test_labels"], z["test_files"].tolist()) if "test_images" in z else None
-    skipped = [tuple(s) for s in meta["skipped"]]
-    return Dataset(description, source, checksum, meta["classes"], train, test, skipped)
+    return Dataset(describe_source(source, decoded.format), source, checksum, decoded.classes, split("train"),
+                   split("test"), decoded.skipped, split("unlabeled"))

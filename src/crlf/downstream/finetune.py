@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 
 from crlf.data.augment import normalize_float
 from crlf.downstream.label_efficiency import FRACTIONS, fraction_key, subset_index
+from crlf.models.backbones import build_backbone, load_encoder
 from crlf.models.encoder import ResNetEncoder
 
 MIX_CHOICES = ("none", "mixup", "cutmix", "both")
@@ -136,9 +137,9 @@ def finetune_metrics(run_dir, cfg, train, test, num_classes: int, device, finetu
                   epochs=epochs, mix=mix, seed=cfg.train.seed)
     out = {}
     if finetune:  # the pretrained backbone moves 10x slower than the new head, so it is adapted, not erased
-        out["finetune"] = finetune_label_fractions(lambda: ResNetEncoder.from_pretrained(run_dir).to(device),
+        out["finetune"] = finetune_label_fractions(lambda: load_encoder(run_dir).to(device),
                                                    encoder_lr=1e-4, **common)
     if supervised_baseline:
         out["supervised_baseline"] = finetune_label_fractions(
-            lambda: ResNetEncoder(cfg.model.arch, cfg.model.stem).to(device), **common)
+            lambda: build_backbone(cfg.model, cfg.data.image_size).to(device), **common)
     return out

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from crlf.config import Config
+from crlf.distributed import gather_with_grad
 from crlf.methods.base import Method, apply_to_views, cross_view_pairs, embedding_spread
 from crlf.methods.vicreg import check_branches, off_diagonal
 from crlf.models.encoder import ResNetEncoder
@@ -73,6 +74,7 @@ class BarlowTwins(Method):
     def forward(self, views):
         features = self.backbone_features(views)  # [(B, 512)] per view
         z = apply_to_views(self.projector, features)  # [(B, D)] per view; one call, BatchNorm sees every view
+        z = [gather_with_grad(v) for v in z]  # [(B global, D)]: batch statistics over every rank
         terms = [self.loss_fn.terms(z[i], z[j]) for i, j in cross_view_pairs(len(views), self.num_global)]
         # The loss is linear in its two terms, so the mean of the pair losses is the weighted mean terms.
         on_diagonal, redundancy = (torch.stack(t).mean() for t in zip(*terms))

@@ -95,17 +95,27 @@ def embedding_spread(z: torch.Tensor) -> torch.Tensor:
     return F.normalize(z.detach().float(), dim=1).std(0).mean()
 
 
+# ViT position embeddings and class / register / distillation tokens (timm's ``no_weight_decay()`` names): not
+# 1-d, but decaying them pulls every position and token towards zero, so DeiT, timm and MAE exclude them too.
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token")
+
+
 def is_norm_or_bias(name: str, param: nn.Parameter) -> bool:
-    """Biases and normalisation weights: the 1-d parameters (BatchNorm / LayerNorm weights and biases,
-    linear biases)."""
-    return param.ndim <= 1
+    """Biases and normalisation weights, the 1-d parameters (BatchNorm / LayerNorm weights and biases, linear
+    biases), and a ViT's position embeddings and tokens (by name: ``backbone.pos_embed``, ``...cls_token``)."""
+    return param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 
 class Method(nn.Module):
     """Base class of every method. Subclasses set ``name``, build their heads in ``__init__`` and implement
-    ``forward``; the hooks default to doing nothing."""
+    ``forward``; the hooks default to doing nothing.
+
+    With several processes (:mod:`crlf.distributed`) a method gathers, in ``forward``, whatever its loss needs
+    from the other ranks (negatives, batch statistics, Sinkhorn scores, queue entries, the teacher's mean)."""
 
     name = "method"
+    sync_batchnorm = True  # several processes: BatchNorm over the global batch (the recipes' SyncBN) unless the config says
+    ddp_find_unused_parameters = False  # True where a trainable parameter can sit a step out (frozen prototypes)
 
     def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
         super().__init__()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
+from crlf.distributed import mean_over_ranks
 from crlf.methods.base import MomentumMethod, StepClock, cross_view_pairs, embedding_spread, forward_backbone
 from crlf.models.encoder import ResNetEncoder
 from crlf.models.heads import mlp
@@ -84,7 +85,8 @@ class DINOLoss(nn.Module):
 
 class DINO(MomentumMethod):
     """Student: backbone -> :class:`DINOHead` (the ``projector``); teacher: their EMA copies (``target_*``,
-    :class:`MomentumMethod`), on the global views only."""
+    :class:`MomentumMethod`), on the global views only. With several processes the centre follows the mean
+    teacher output of the whole global batch (averaged over the ranks), so it stays the same on every rank."""
 
     name = "dino"
 
@@ -108,6 +110,10 @@ class DINO(MomentumMethod):
         self._clock = StepClock(0.0, cfg.train.epochs)  # from the loop, every step: not state
         self._teacher_mean: torch.Tensor | None = None  # this step's mean teacher logits, until on_step_end
 
+    @property
+    def ddp_find_unused_parameters(self) -> bool:  # the frozen last layer gets no gradient in the first epochs
+        return self.freeze_last_layer_epochs > 0
+
     def teacher_temperature_at(self, epoch: float) -> float:
         """Linear from ``warmup_teacher_temperature`` to ``teacher_temperature`` over the warm-up, then constant."""
         if epoch >= self.warmup_teacher_epochs:
@@ -127,7 +133,7 @@ class DINO(MomentumMethod):
         with torch.no_grad():  # teacher in train mode (its own BatchNorm statistics), global views only
             teacher_features = forward_backbone(self.target_backbone, views[:g], self.channels_last)  # [(B, 512)]
             _, teacher = self.target_projector(torch.cat(teacher_features))  # (GB, K)
-        self._teacher_mean = teacher.mean(0)  # (K,)
+        self._teacher_mean = mean_over_ranks(teacher.mean(0))  # (K,) over the global batch
         temperature = self.teacher_temperature_at(clock.epoch)
         loss = self.loss_fn(student.split(b), teacher.split(b), self.center, temperature)
         return loss, {"embedding_std": embedding_spread(z[:b]), "teacher_temperature": z.new_tensor(temperature),

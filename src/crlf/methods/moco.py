@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
+from crlf.distributed import gather, gather_with_grad
 from crlf.errors import UsageError
 from crlf.methods.base import (
     MomentumMethod,
@@ -85,10 +86,13 @@ class MoCoV2(MomentumMethod):
 
     Each step the keys of global view 0 (``B`` rows) replace the oldest rows of the queue
     (``on_step_end``, after the optimiser step). Queue and pointer are buffers: a resumed run continues
-    with the same negatives. One device, so no shuffled BatchNorm: the target's BatchNorm sees its own
-    batch of global views, as in solo-learn's single-GPU runs."""
+    with the same negatives. No shuffled BatchNorm: the target's BatchNorm sees its own batch of global views,
+    as in solo-learn's single-GPU runs. With several processes the keys of every rank are enqueued (the queue
+    stays the same on every rank), and BatchNorm stays per rank unless ``train.sync_batchnorm`` (MoCo shuffles
+    BatchNorm across GPUs instead of synchronising it)."""
 
     name = "mocov2"
+    sync_batchnorm = False
 
     def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
         batch = cfg.train.batch_size
@@ -116,7 +120,7 @@ class MoCoV2(MomentumMethod):
         pairs = cross_view_pairs(len(views), self.num_global)
         loss = torch.stack([self.loss_fn(q[i], k[j], self.queue) for i, j in pairs]).mean()
         if self.training:
-            self._new_keys = k[0]  # (B, D)
+            self._new_keys = gather(k[0])  # (B global, D): every rank's keys, in batch order
         return loss, {"embedding_std": embedding_spread(q[0]), "momentum": self.momentum_log(loss)}
 
     def on_step_end(self, clock):
@@ -152,6 +156,9 @@ class MoCoV3(MomentumMethod):
         z = apply_to_views(self.projector, self.backbone_features(views))  # [(B, D)] per view
         q = apply_to_views(self.predictor, z)  # [(B, D)] queries
         k = self.target_embeddings(views)  # [(B, D)] keys of the global views, no gradient
+        # The other keys of the global batch are the negatives: queries (with gradient) and keys from every rank.
+        q = [gather_with_grad(v) for v in q]  # [(B global, D)]
+        k = [gather(v) for v in k]  # [(B global, D)]
         # ctr(q1, k2) + ctr(q2, k1) in the paper; averaged over the pairs here (half its value with 2 views).
         pairs = cross_view_pairs(len(views), self.num_global)
         loss = torch.stack([self.loss_fn(q[i], k[j]) for i, j in pairs]).mean()

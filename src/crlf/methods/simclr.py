@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
+from crlf.distributed import gather_with_grad
 from crlf.methods.base import Method, embedding_spread
 from crlf.models.encoder import ResNetEncoder
 from crlf.models.heads import ProjectionHead
@@ -64,5 +65,7 @@ class SimCLR(Method):
         features = self.backbone_features(views)  # [(B, 512)] per view
         z = self.projector(torch.cat(features))  # (VB, D): one call, BatchNorm (if any) sees every view
         z = z.float()
-        loss = self.loss_fn(*z.split(len(views[0])))
-        return loss, {"embedding_std": embedding_spread(z[:len(views[0])])}
+        # Each view's embeddings from every rank, gradient included: the negatives of the whole global batch.
+        z_views = [gather_with_grad(v) for v in z.split(len(views[0]))]  # V x (B global, D)
+        loss = self.loss_fn(*z_views)
+        return loss, {"embedding_std": embedding_spread(z_views[0])}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
+from crlf.distributed import gather, shard, world_size
 from crlf.methods.base import Method, StepClock, cross_view_pairs, embedding_spread, fitted_queue_size
 from crlf.models.encoder import ResNetEncoder
 from crlf.models.heads import mlp
@@ -74,7 +75,11 @@ class SwAVLoss(nn.Module):
 
 class SwAV(Method):
     """Backbone -> :func:`mlp` projector -> L2-normalise -> prototypes ``Linear(D, K, bias=False)`` with unit
-    rows -> Sinkhorn codes of the global views -> :class:`SwAVLoss`."""
+    rows -> Sinkhorn codes of the global views -> :class:`SwAVLoss`.
+
+    With several processes Sinkhorn runs on the scores of the whole global batch (gathered, no gradient: its
+    equipartition is over every sample), each rank keeps its own rows of the codes, and the queue is fed with
+    every rank's projections, so it is the same on every rank."""
 
     name = "swav"
 
@@ -94,6 +99,10 @@ class SwAV(Method):
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
         self._epoch = 0.0  # from the clock, every step: not state
         self._to_enqueue: torch.Tensor | None = None  # this step's global projections, until on_step_end
+
+    @property
+    def ddp_find_unused_parameters(self) -> bool:  # frozen prototypes get no gradient in the first epochs
+        return self.freeze_prototypes_epochs > 0
 
     def on_step_start(self, clock: StepClock) -> None:
         self._epoch = clock.epoch
@@ -120,11 +129,12 @@ class SwAV(Method):
         codes = []
         with torch.no_grad():
             for j in range(g):
-                s = scores_by_view[j].detach()  # (B, K)
+                s = gather(scores_by_view[j].detach())  # (B global, K): every rank's scores
                 if use_queue:  # the queue's scores first, as in the paper's code; its codes are dropped
-                    s = torch.cat([self.queue[j] @ weight.float().T, s])  # (Q + B, K)
-                codes.append(sinkhorn(s, self.epsilon, self.iterations)[-b:])  # (B, K)
-        self._to_enqueue = z[:g * b].detach().view(g, b, -1)  # (G, B, D)
+                    s = torch.cat([self.queue[j] @ weight.float().T, s])  # (Q + B global, K)
+                codes_global = sinkhorn(s, self.epsilon, self.iterations)[-b * world_size():]  # (B global, K)
+                codes.append(shard(codes_global))  # (B, K): this rank's rows
+        self._to_enqueue = gather(z[:g * b].detach().view(g, b, -1), dim=1)  # (G, B global, D)
         loss = self.loss_fn(scores_by_view, codes)
         return loss, {"embedding_std": embedding_spread(z[:b]),
                       "queue_in_use": z.new_tensor(float(use_queue))}

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
+from crlf.distributed import gather_with_grad
 from crlf.methods.base import Method, apply_to_views, cross_view_pairs, embedding_spread
 from crlf.models.encoder import ResNetEncoder
 from crlf.models.heads import mlp
@@ -105,6 +106,7 @@ class VICReg(Method):
     def forward(self, views):
         features = self.backbone_features(views)  # [(B, 512)] per view
         z = apply_to_views(self.projector, features)  # [(B, D)] per view; one call, BatchNorm sees every view
+        z = [gather_with_grad(v) for v in z]  # [(B global, D)]: batch statistics over every rank
         pairs = cross_view_pairs(len(views), self.num_global)
         terms = [self.loss_fn.terms(z[i], z[j]) for i, j in pairs]
         # The loss is linear in its terms, so the mean of the pair losses is the weighted mean terms.

@@ -90,6 +90,9 @@ class ResNetEncoder(nn.Module):
             if not path.is_file():
                 raise UsageError(f"'{path}' is missing; is '{run_dir}' a finished run? (crlf pretrain writes it)")
         meta = json.loads(config_path.read_text())
+        if meta.get("arch") not in FEATURE_DIMS:  # a ViT or timm run: not a ResNet, so not this class
+            raise UsageError(f"'{run_dir}' holds a {meta.get('arch')} encoder, not a ResNet; load it with "
+                             f"crlf.load_encoder('{run_dir}') (any arch).")
         encoder = cls(arch=meta["arch"], stem=meta["stem"])
         try:
             state = load_file(str(weights_path), device=str(map_location))

@@ -1,0 +1,397 @@
+"""Several processes, one per device (``torchrun``, or ``crlf pretrain --nproc N``): the process group, what
+crosses processes, and who writes.
+
+Every helper here is the identity in a single process (no process group), so a run without torchrun executes
+exactly the operations it always did, bit for bit. With ``W`` processes:
+
+* the global batch stays ``train.batch_size``: each rank trains on its slice ``B / W`` of the same seeded
+  permutation and draws its augmentations from its own stream, seeded from (seed, rank);
+* DistributedDataParallel averages the gradients over the ranks. A loss that every rank computes identically
+  over embeddings gathered *with their gradient* (:func:`gather_with_grad`, whose backward sums the gradient
+  that every rank's loss sends to a rank's rows) therefore gets exactly the single-process gradient, and so
+  does a per-sample loss averaged over each rank's own rows. A gather whose backward kept only the local
+  slice would give ``1/W`` of the gradient of the other ranks' terms: tests/test_distributed.py shows that
+  the equality test catches it;
+* rank 0 alone writes files; every rank resumes from the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from crlf.errors import TrainingStopped, UsageError
+
+TIMEOUT_ENV = "CRLF_DIST_TIMEOUT_S"  # seconds a collective waits for a rank before the job stops
+DEFAULT_TIMEOUT_S = 600  # longer than rank 0's longest solo work (a checkpoint, the kNN monitor)
+LAUNCHER_ENV = "CRLF_NPROC"  # set by `crlf pretrain --nproc N`: the resume hint names that command
+
+
+# -- who am I ----------------------------------------------------------------------------------------------
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main() -> bool:
+    """Rank 0, the one process that writes metrics, checkpoints, exports and plots (True in one process)."""
+    return rank() == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+def init_from_env() -> bool:
+    """Join the process group that torchrun's environment describes (``WORLD_SIZE`` > 1; ``RANK``,
+    ``MASTER_ADDR`` ...); False, and nothing done, in a single process.
+
+    NCCL for CUDA tensors and gloo for CPU ones. The timeout (``CRLF_DIST_TIMEOUT_S``, default 600 s) bounds
+    how long a rank waits in a collective for a rank that died, when no launcher stops it first. Ranks other
+    than 0 do not repeat rank 0's warnings (the same config, data and logs on every rank)."""
+    if _env_int("WORLD_SIZE", 1) <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S))
+        dist.init_process_group(backend, timeout=timeout)
+    if not is_main():
+        warnings.simplefilter("ignore")
+    return True
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank_device(device: torch.device, threads: int) -> torch.device:
+    """This rank's device: ``cuda`` becomes ``cuda:LOCAL_RANK`` (one GPU per process). On the CPU, unless
+    ``train.threads`` says otherwise, the processes of a machine share its cores equally."""
+    if not is_distributed():
+        return device
+    local_rank, local_size = _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", 1)
+    if device.type == "cuda":
+        if device.index is not None:
+            raise UsageError(f"--device {device}: with several processes each one uses its own GPU (cuda:LOCAL_RANK); "
+                             f"pass --device cuda or auto.")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif device.type == "cpu" and not threads:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
+    return device
+
+
+def check_batch_size(batch_size: int) -> None:
+    w = world_size()
+    if batch_size % w:
+        raise UsageError(f"train.batch_size={batch_size} is the global batch and must divide evenly over the {w} "
+                         f"processes; use a multiple of {w}, e.g. --batch-size {max(w, batch_size // w * w)}.")
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes this run as it was started (``crlf pretrain``, ``--nproc N`` or torchrun)."""
+    if not is_distributed():
+        return f"crlf pretrain --out {run_dir} --resume"
+    if os.environ.get(LAUNCHER_ENV):
+        return f"crlf pretrain --nproc {world_size()} --out {run_dir} --resume"
+    per_node = _env_int("LOCAL_WORLD_SIZE", world_size())
+    nodes = world_size() // per_node
+    launcher = f"torchrun --nproc-per-node {per_node}" + (f" --nnodes {nodes} <your --rdzv-* flags>" if nodes > 1 else "")
+    return f"{launcher} -m crlf pretrain --out {run_dir} --resume"
+
+
+# -- what crosses processes --------------------------------------------------------------------------------
+
+def shard(x: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of a global batch: ``(B, ...) -> (B / W, ...)`` (rank r holds rows r*B/W onwards)."""
+    return x.chunk(world_size())[rank()] if is_distributed() else x
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Every rank's ``x`` concatenated in rank order along ``dim``, without gradient (keys, scores, codes):
+    ``(b, ...) -> (W b, ...)``, the global batch in its single-process order."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward returns, to each rank, the *sum over ranks* of the gradient
+    with respect to its rows: every rank's loss depends on every rank's embeddings."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)  # (W b, ...)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
+        dist.all_reduce(grad)  # (W b, ...) summed over the ranks' losses
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]  # (b, ...)
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """``(b, ...) -> (W b, ...)`` with the gradient flowing back to every rank's rows (NT-Xent negatives,
+    batch statistics). With DDP's gradient averaging, a loss computed identically on every rank over the
+    gathered batch gets exactly the single-process gradient."""
+    return _GatherWithGrad.apply(x) if is_distributed() else x
+
+
+class _SumWithGrad(torch.autograd.Function):
+    """All-reduce (sum) whose backward sums the gradients of every rank's use of the result."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    return _SumWithGrad.apply(x) if is_distributed() else x
+
+
+@torch.no_grad()
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over the ranks, without gradient (logged losses, DINO's teacher mean); ``x`` itself
+    in one process. Every rank holds the same number of rows, so a mean of per-rank means is the global one."""
+    if not is_distributed():
+        return x
+    x = x.detach().clone(memory_format=torch.contiguous_format)
+    dist.all_reduce(x)
+    return x / world_size()
+
+
+def agreed_signal(signum: int | None) -> int | None:
+    """A stop signal seen by any rank, agreed by all (SIGTERM over SIGINT), so that every rank stops after the
+    same step and the checkpoint is that step's; the local one in one process."""
+    if not is_distributed():
+        return signum
+    flag = torch.tensor([signum or 0], dtype=torch.int64)  # CPU: gloo carries it on every backend
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag) or None
+
+
+def decided_on_main(fn):
+    """``fn()`` on rank 0 only, its (small, picklable) result on every rank: decisions that move files, such as
+    which checkpoint to resume from. An error on rank 0 is raised on every rank (a UsageError as one)."""
+    if not is_distributed():
+        return fn()
+    box: list[Any] = [None]
+    if is_main():
+        try:
+            box[0] = ("ok", fn())
+        except Exception as exc:  # noqa: BLE001 - sent to the other ranks, then raised here too
+            box[0] = ("usage" if isinstance(exc, UsageError) else "error", str(exc))
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "usage":
+        raise UsageError(value)
+    if kind == "error":
+        raise RuntimeError(f"rank 0 failed: {value}")
+    return value
+
+
+LOST_PEER_GRACE_S = 2.0  # several of the launchers' 0.1 s monitor intervals
+
+
+@contextlib.contextmanager
+def stop_on_lost_rank(where, resume_hint: str):
+    """A collective that fails because another rank died (or hung past the timeout) stops this rank with a
+    clear message instead of a traceback. ``where()`` says the epoch and step."""
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as exc:
+        if not is_distributed() or not _is_lost_peer(exc):
+            raise
+        # The launcher (torchrun, or --nproc) reports the first worker exit it sees. Exiting at once would often
+        # make that this rank's "lost contact" instead of the dead rank's signal; a short wait lets it name the
+        # rank that died (it then stops this one).
+        time.sleep(LOST_PEER_GRACE_S)
+        raise TrainingStopped(
+            f"rank {rank()} of {world_size()} lost contact with another rank at {where()} "
+            f"({str(exc).splitlines()[0][:200]}): that rank stopped or died (torchrun's summary names it). "
+            f"Nothing was written after the last complete checkpoint. Resume with: {resume_hint}"
+        ) from None
+
+
+def _is_lost_peer(exc: BaseException) -> bool:
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("connection closed", "connection reset", "broken pipe", "timed out", "gloo",
+                                   "nccl"))
+
+
+# -- the model ---------------------------------------------------------------------------------------------
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics cover every rank's batch (torch's SyncBatchNorm runs on GPUs only;
+    this one runs anywhere, with plain ops and two all-reduces that carry gradients).
+
+    Same parameters and buffers as the BatchNorm it replaces (the state dict is unchanged); evaluation and a
+    single process use the ordinary BatchNorm path."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected an input of 2 or more dimensions (N, C, ...), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        c = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        count = x.numel() // c * world_size()  # values per channel in the global batch
+        with torch.autocast(x.device.type, enabled=False):  # batch statistics in fp32, as BatchNorm under autocast
+            xf = x.float()
+            mean = sum_with_grad(xf.sum(dims)) / count  # (C,)
+            centred = xf - mean.view(shape)
+            var = sum_with_grad(centred.pow(2).sum(dims)) / count  # (C,) biased, as BatchNorm normalises
+            y = centred * torch.rsqrt(var + self.eps).view(shape)
+            if self.affine:
+                y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                unbiased = var.detach() * (count / max(count - 1, 1))  # as BatchNorm keeps it
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        return y.to(x.dtype)
+
+
+def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm in ``module`` computing its statistics over the global batch: torch's SyncBatchNorm on
+    CUDA, :class:`GlobalBatchNorm` elsewhere. The parameters are the same objects (an optimiser built on them
+    stays valid) and the state-dict keys are unchanged."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats, device=device)
+        if module.affine:
+            new.weight, new.bias = module.weight, module.bias
+        if module.track_running_stats:
+            new.running_mean, new.running_var = module.running_mean, module.running_var
+            new.num_batches_tracked = module.num_batches_tracked
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, convert_batchnorm(child, device))
+    return module
+
+
+class DistributedMethod(DistributedDataParallel):
+    """DDP around a :class:`~crlf.methods.base.Method` that still answers the loop's per-step hooks."""
+
+    def on_step_start(self, clock) -> None:
+        self.module.on_step_start(clock)
+
+    def on_step_end(self, clock) -> None:
+        self.module.on_step_end(clock)
+
+
+def wrap(method: nn.Module, sync_batchnorm: bool | None, device: torch.device) -> nn.Module:
+    """The module the step runs: ``method`` itself in one process; with several, DDP around it, after turning
+    its BatchNorms into global ones when ``sync_batchnorm`` (None: the method's recipe, ``Method.sync_batchnorm``).
+
+    Buffers are synchronised from rank 0 once, at the start, never per step (``forward_sync_buffers=False``):
+    queues and centres are kept identical by the methods themselves (fed from every rank), momentum targets
+    are EMA copies updated alike on every rank, and without sync_batchnorm the BatchNorm running statistics
+    differ per rank: rank 0's are the ones checkpointed and exported."""
+    if not is_distributed():
+        return method
+    if method.sync_batchnorm if sync_batchnorm is None else sync_batchnorm:
+        convert_batchnorm(method, device)
+    with warnings.catch_warnings():  # after a freeze ends no parameter is unused: torch says so once
+        warnings.filterwarnings("ignore", message=".*find_unused_parameters=True.*")
+        return DistributedMethod(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                 forward_sync_buffers=False,
+                                 find_unused_parameters=method.ddp_find_unused_parameters)
+
+
+# -- random streams and the checkpoint ---------------------------------------------------------------------
+
+def _rank_seed(*words: int) -> int:
+    return int(np.random.SeedSequence(list(words)).generate_state(1)[0])
+
+
+def augmentation_generator(permutation_gen: torch.Generator, seed: int) -> torch.Generator:
+    """The augmentation stream: in one process the permutation's own generator (as always); with several, one
+    per rank, seeded from (seed, rank), while the permutation stream stays common to every rank."""
+    if not is_distributed():
+        return permutation_gen
+    return torch.Generator().manual_seed(_rank_seed(seed, rank()))
+
+
+def _own_rng(aug_gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "augment": aug_gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def rank_rng_record(aug_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """For the checkpoint: the world size, and with several ranks every rank's own random state (gathered
+    on every rank; rank 0 writes it)."""
+    if not is_distributed():
+        return {"world_size": 1}
+    states: list[Any] = [None] * world_size()
+    dist.all_gather_object(states, {k: v.cpu() for k, v in _own_rng(aug_gen, device).items()})
+    return {"world_size": world_size(), "rank_rng": states}
+
+
+def restore_rank_rng(checkpoint: dict[str, Any], aug_gen: torch.Generator, seed: int, device: torch.device) -> None:
+    """This rank's random state from a checkpoint of the same world size (an exact resume). With another
+    world size the global batch and the data order carry on, but each rank's augmentation stream is new
+    (seeded from seed, rank and step), and a warning says the run is no longer bit-exact."""
+    saved = int(checkpoint.get("world_size", 1))
+    if saved == world_size():
+        if is_distributed():
+            own = checkpoint["rank_rng"][rank()]
+            torch.set_rng_state(own["torch"])
+            aug_gen.set_state(own["augment"])
+            if "cuda" in own and device.type == "cuda":
+                torch.cuda.set_rng_state(own["cuda"], device)
+        return
+    if is_distributed():
+        aug_gen.manual_seed(_rank_seed(seed, rank(), checkpoint["progress"]["global_step"]))
+    if is_main():
+        warnings.warn(f"this run was checkpointed with {saved} process(es) and resumes with {world_size()}: the "
+                      f"global batch and the data order carry on, but the augmentation streams are new, so the run "
+                      f"is no longer bit-exact to an uninterrupted one.", stacklevel=2)
