@@ -301,6 +301,19 @@ def test_tiny_imagenet_bad_annotations_name_the_file(tmp_path):
         load_dataset(str(root), image_size=64, progress=False)
 
 
+def test_tiny_imagenet_image_of_another_size_is_a_bad_image_naming_the_file(tmp_path):
+    """Every Tiny-ImageNet image is 64x64: one of another size means a damaged or foreign file, an error
+    naming it (a plain folder's mixed sizes are resized instead: the test below)."""
+    root = make_tiny_imagenet(tmp_path / "tiny")
+    (odd,) = [p for p in root.rglob("*.JPEG") if p.name == "val_1.JPEG"]
+    Image.new("RGB", (48, 64), (0, 0, 0)).save(odd, format="JPEG")
+    with pytest.raises(UsageError, match=r"bad image '.*tiny/val/images/val_1.JPEG': it is 48x64 pixels, but "
+                                         r"every image of this dataset is 64x64"):
+        load_dataset(str(root), image_size=64, progress=False)
+    skipped = load_dataset(str(root), image_size=64, on_bad_image="skip", progress=False)
+    assert skipped.test.images.shape == (5, 3, 64, 64) and len(skipped.skipped) == 1
+
+
 # ---------------------------------------------------------------------------------------------------
 # Cache, parallel decoding, mixed sizes
 

@@ -50,8 +50,10 @@ def _square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Decode ``data`` to ``(3, size, size)`` uint8, or raise :class:`BadImage` saying why."""
+def decode_image(data: bytes, size: int, native_side: int | None = None) -> np.ndarray:
+    """Decode ``data`` to ``(3, size, size)`` uint8, or raise :class:`BadImage` saying why. ``native_side``:
+    the side every image of a fixed-size format has (Tiny-ImageNet's 64); another size is a bad image there,
+    since it means a damaged or foreign file (a plain folder's images may have any size: they are resized)."""
     if not data:
         raise BadImage("the file is empty (0 bytes)")
     try:
@@ -60,6 +62,9 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise BadImage(f"{img.width}x{img.height} pixels is too large (limit {MAX_PIXELS:,})")
+                if native_side is not None and img.size != (native_side, native_side):
+                    raise BadImage(f"it is {img.width}x{img.height} pixels, but every image of this dataset is "
+                                   f"{native_side}x{native_side}: a damaged or foreign file")
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 rgb = _square(_to_rgb(img), size)

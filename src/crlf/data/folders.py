@@ -8,6 +8,7 @@ straight into the cache file, in a fixed order: split, then class, then the list
 
 from __future__ import annotations
 
+import functools
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from crlf.data.cache import Decoded, ImageSink
-from crlf.data.formats import is_tiny_imagenet, tiny_imagenet_layout
+from crlf.data.formats import TINY_IMAGENET_SIDE, is_tiny_imagenet, tiny_imagenet_layout
 from crlf.data.parallel import decode_in_order
 from crlf.errors import UsageError
 
@@ -132,6 +133,7 @@ def decode_folder(path: Path, image_size: int, on_bad_image: str, progress: bool
     if is_tiny_imagenet(texts):
         labels_in_order, classes, groups = tiny_imagenet_layout(images, texts, path)
         fmt = "tinyimagenet"
+        decode = functools.partial(decode, native_side=TINY_IMAGENET_SIDE)  # mixed sizes: a damaged tree
     else:
         groups = _layout(entries, images, path)
         labels_in_order = classes = _classes(groups, path)

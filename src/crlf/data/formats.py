@@ -31,6 +31,7 @@ STL10_FIX = "re-extract stl10_binary.tar.gz, or pass --data stl10 to download an
 STL10_CHUNK = 2048  # images per copy into the cache (~57 MB)
 CIFAR_FIX = ("re-download the 'python version' from https://www.cs.toronto.edu/~kriz/cifar.html and extract "
              "it, or pass --data {name} to download and verify it")
+TINY_IMAGENET_SIDE = 64  # every Tiny-ImageNet image is 64x64
 TINY_FIX = "re-extract tiny-imagenet-200.zip, or pass --data tinyimagenet to download and verify it"
 
 
