@@ -294,21 +294,25 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
+def _pm(mean_std: tuple[float, float]) -> str:
+    mean, std = mean_std
+    return f"{mean:.2%}" if std != std else f"{mean:.2%} ± {std:.2%}"  # one seed: no spread to show
+
+
 def table(variants: list[str]) -> str:
     rows = [json.loads(line) for line in (ROOT / "results.jsonl").read_text().splitlines()]
     calibration = json.loads((ROOT / "calibration.json").read_text())
-    lines = ["| variant | epochs | calibrated pretraining | seeds | linear top-1 | kNN top-1 (k=200) |",
+    lines = ["| variant | epochs (16 px + 32 px) | calibrated pretraining | seeds | linear top-1 | kNN top-1 (k=200) |",
              "|---|---|---|---|---|---|"]
     scored = []
     for variant in variants:
         mine = [r for r in rows if r["variant"] == variant and "failed" not in r]
         if not mine:
             continue
-
         lin, knn = _mean_std([r["linear_top1"] for r in mine]), _mean_std([r["knn_top1"] for r in mine])
         epochs, seconds = schedule(variant, calibration)
-        scored.append((lin[0], f"| {variant} | {epochs} | {seconds:.0f} s | {len(mine)} | {lin[0]:.2%} ± {lin[1]:.2%} | "
-                               f"{knn[0]:.2%} ± {knn[1]:.2%} |"))
+        low, full = split_epochs(epochs)
+        scored.append((lin[0], f"| {variant} | {low} + {full} | {seconds:.0f} s | {len(mine)} | {_pm(lin)} | {_pm(knn)} |"))
     return "\n".join(lines + [line for _, line in sorted(scored, reverse=True)])
 
 
