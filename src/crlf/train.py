@@ -171,6 +171,11 @@ def load_training_data(cfg: Config, progress: bool = True
     return dataset, training_images(train.images, cfg.data.storage), train.labels  # (N, 3, H, W) uint8, (N,)
 
 
+def fill_cache(cfg: Config, progress: bool) -> None:
+    """Decode ``data.source`` into the cache if it is not there yet (a cached source only opens its file)."""
+    load_dataset(cfg.data.source, cfg.data.image_size, cfg.data.on_bad_image, progress=progress)
+
+
 def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: bool = True,
              cli_overrides: dict | None = None, command: str | None = None) -> Path:
     """Pretrain an encoder into ``run_dir``; returns ``run_dir``. ``resume`` is True or a checkpoint path.
@@ -194,8 +199,7 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
     perm_gen = seed_everything(cfg.train.seed)
     aug_gen = distributed.augmentation_generator(perm_gen, cfg.train.seed)  # perm_gen itself in one process
     if distributed.is_distributed():  # rank 0 decodes and caches a new source once; the others then read the cache
-        distributed.decided_on_main(lambda: load_dataset(cfg.data.source, cfg.data.image_size, cfg.data.on_bad_image,
-                                                         progress=progress) and None)
+        distributed.decided_on_main(lambda: fill_cache(cfg, progress))
     dataset, images, labels = load_training_data(cfg, progress)
     if dataset.skipped and distributed.is_main():
         atomic_write_text(run_dir / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in dataset.skipped))
