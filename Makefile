@@ -8,7 +8,10 @@ BENCH_VENV  := .venv-lightly
 BENCH_STAMP := $(BENCH_VENV)/.installed
 DATA   ?= cifar10
 # The fast CPU recipe by default; the CIFAR-stem GPU recipe where an NVIDIA GPU answers nvidia-smi.
-CONFIG ?= $(if $(shell nvidia-smi -L 2>/dev/null),configs/cifar-gpu.yaml,configs/fast-cpu.yaml)
+GPU    := $(shell nvidia-smi -L 2>/dev/null)
+CONFIG ?= $(if $(GPU),configs/cifar-gpu.yaml,configs/fast-cpu.yaml)
+# On a CPU the main job is planned to 20 minutes of pretraining (crlf --budget); BUDGET= turns it off.
+BUDGET ?= $(if $(GPU),,20)
 OUT    ?= runs/main
 ARGS   ?=
 
@@ -33,7 +36,7 @@ $(BENCH_STAMP):
 	touch $(BENCH_STAMP)
 
 run: install
-	$(VENV)/bin/crlf run --config $(CONFIG) --data $(DATA) --out $(OUT) $(ARGS)
+	$(VENV)/bin/crlf run --config $(CONFIG) --data $(DATA) --out $(OUT) $(if $(BUDGET),--budget $(BUDGET)) $(ARGS)
 
 run-seed: install
 	$(VENV)/bin/crlf run --config configs/seed.yaml --data $(DATA) --out runs/seed $(ARGS)

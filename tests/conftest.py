@@ -21,6 +21,7 @@ COLOURS = ((200, 40, 40), (40, 190, 60), (40, 60, 210))
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own decode cache: tests never read ~/.cache or each other's arrays."""
     monkeypatch.setenv("CRLF_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("CRLF_CACHE_DIR", raising=False)  # the precision probe's cache then follows CRLF_CACHE
 
 
 def make_image_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4, size: int = 32,

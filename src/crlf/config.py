@@ -145,8 +145,14 @@ class TrainConfig:
     batch_size: int = 256
     seed: int = 0
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"  # fp32 | bf16 (autocast; the loss stays fp32) | auto (bf16 on a CUDA GPU, else fp32)
+    # fp32 | bf16 (autocast; losses and norms stay fp32) | auto: on a CPU, measured (crlf.probe: fp32 or bf16,
+    # with or without channels_last, whichever trains fastest here; it then sets the layout too), on a GPU
+    # bf16 where it has it
+    precision: str = "fp32"
     channels_last: bool = False
+    # Wall-clock budget of pretraining in minutes (crlf.budget): the epochs, the low/full-resolution split and
+    # every schedule are planned to end within it. None: train.epochs epochs, as without a budget.
+    budget_minutes: float | None = None
     compile: bool = False
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     checkpoint_every_steps: int = 0  # 0 = only at the end of each epoch
@@ -243,6 +249,10 @@ def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
             raise UsageError(f"config key '{where}' must be true or false{' or null' if default is None else ''}, "
                              f"got {value!r}.")
         return value
+    if f.name == "budget_minutes" and value is None:
+        return None
+    if f.name == "budget_minutes":
+        default = 0.0  # a number when set
     if isinstance(default, int) or f.name == "limit":
         if value is None and f.name == "limit":
             return None
@@ -347,6 +357,8 @@ def validate(cfg: Config) -> None:
     _check(t.threads >= 0, f"train.threads must be >= 0 (got {t.threads}).")
     _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0.")
     _check(t.eval_every >= 0, "train.eval_every must be >= 0.")
+    _check(t.budget_minutes is None or t.budget_minutes > 0,
+           f"train.budget_minutes (--budget) must be > 0 minutes (got {t.budget_minutes}); e.g. --budget 20.")
     _check(t.low_res_epochs >= 0, f"train.low_res_epochs must be >= 0 (got {t.low_res_epochs}).")
     if t.low_res_epochs:
         _check(8 <= t.low_res_size <= d.image_size,

@@ -97,6 +97,24 @@ def _front_matter(cfg: Config, arch: str, metrics: dict | None) -> str:
     return "\n".join(lines + ["---", ""])
 
 
+def precision_and_budget_rows(meta: dict) -> list[tuple[str, str]]:
+    """What the precision probe chose (and from which timings) and the budget plan, where the run had them."""
+    rows = []
+    probe = meta.get("precision_probe")
+    if probe:
+        chosen = probe["precision"] + (" + channels_last" if probe["channels_last"] else "")
+        times = "; ".join(f"{name}: " + ", ".join(f"{size} px {t:.3f} s" for size, t in sizes.items())
+                          for name, sizes in probe.get("seconds_per_step", {}).items())
+        rows.append(("precision", f"{chosen} ({probe['rule']}" + (f"; seconds per step: {times}" if times else "")
+                     + ")"))
+    budget = meta.get("budget")
+    if budget:
+        rows.append(("budget", f"{budget['budget_minutes']:g} min of pretraining, {budget['spent_s'] / 60:.1f} min "
+                               f"spent; planned at the start as \"{budget['first_plan']}\", ran as "
+                               f"\"{budget['plan']['description']}\""))
+    return rows
+
+
 def _summary_table(cfg: Config, meta: dict, history: list[dict], method: str, paper: str | None) -> str:
     t, o, m = cfg.train, cfg.optim, cfg.model
     method_cell = f"[{method}]({paper})" if paper else method
@@ -124,6 +142,7 @@ def _summary_table(cfg: Config, meta: dict, history: list[dict], method: str, pa
         rows.append(("training", f"{done} epochs in {time_s:,.0f} s" + (f" on {where}" if where else "")
                      + (f", {meta['world_size']} processes" if meta.get("world_size") else "")))
         rows.append(("final loss", f"{history[-1]['loss']:.4f} (epoch {done})"))
+    rows += precision_and_budget_rows(meta)
     if meta.get("git_commit"):
         rows.append(("code", f"CRLF commit `{meta['git_commit']}`, torch {meta.get('torch', '?')}"))
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)

@@ -57,6 +57,19 @@ def learning_rate(cfg: Config, global_step: int, steps_per_epoch: int) -> float:
     return cfg.optim.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def learning_rate_at_progress(cfg: Config, progress: float, progress_after: float, total_epochs: float) -> float:
+    """The same schedule over a budget plan's progress (``crlf.budget``) rather than steps: warm-up for the
+    first ``warmup_epochs / total_epochs`` of it (reaching ``progress_after``, where the step ends, as the
+    step-based warm-up reaches step + 1), then constant or cosine decay to zero at progress 1."""
+    warmup = min(1.0, cfg.optim.warmup_epochs / total_epochs) if total_epochs > 0 else 0.0
+    if progress < warmup:
+        return cfg.optim.lr * min(1.0, progress_after / warmup)
+    if cfg.optim.schedule == "constant":
+        return cfg.optim.lr
+    done = (progress - warmup) / max(1e-12, 1.0 - warmup)
+    return cfg.optim.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """The schedule's ``lr`` for every group but those marked ``fixed_lr`` (SimSiam's predictor keeps the
     base learning rate throughout, as its paper found best)."""

@@ -8,8 +8,12 @@ from collections.abc import Callable
 
 import torch
 
+from crlf.config import Config
 from crlf.distributed import mean_over_ranks
+from crlf.methods import method_class
 from crlf.methods.base import Method, StepClock
+from crlf.models.backbones import build_backbone
+from crlf.optim import build_optimizer
 
 
 def train_step(method: Method, optimizer: torch.optim.Optimizer, views: list[torch.Tensor], clock: StepClock,
@@ -43,3 +47,17 @@ def train_step(method: Method, optimizer: torch.optim.Optimizer, views: list[tor
         marks.append(time.perf_counter())
     values = mean_over_ranks(torch.stack([v.detach().float() for v in logs.values()])).tolist() if logs else []
     return loss_value, dict(zip(logs, values))
+
+
+def build_training_modules(cfg: Config, device: torch.device | str = "cpu", num_images: int | None = None
+                           ) -> tuple[Method, torch.optim.Optimizer]:
+    """The method (backbone included) on ``device``, backbone in the configured memory layout, and its
+    optimiser: the training step's modules, shared by the loop and the benchmarks that time it.
+    ``num_images`` (the training set's size) lets queues fit themselves to small data."""
+    backbone = build_backbone(cfg.model, cfg.data.image_size)  # ResNet, ViT or timm model
+    method = method_class(cfg.method.name)(backbone, cfg, num_images or 10**9)
+    method.to(device)
+    if cfg.train.channels_last:  # every convolution's weights, momentum targets included; heads are 2-d
+        method.to(memory_format=torch.channels_last)
+    groups = method.param_groups(cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
+    return method, build_optimizer(cfg, groups)

@@ -14,13 +14,14 @@ of the global batch, the step runs through DDP, and rank 0 alone writes files (:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
 import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from crlf import distributed, faults
+from crlf.budget import BudgetPlan, check_budget_fits, plan_budget, replan_after_epoch, with_budget
 from crlf.checkpoint import (
     LATEST,
     PREVIOUS,
@@ -46,16 +48,17 @@ from crlf.data.sources import Dataset, load_dataset, pretraining_split
 from crlf.errors import Interrupted, TrainingStopped, UsageError
 from crlf.export import export_encoder, save_array
 from crlf.io import atomic_write_text
-from crlf.methods import method_class
 from crlf.methods.base import Method, StepClock
 from crlf.model_card import evaluation_gap, record_command, write_model_card
-from crlf.models.backbones import build_backbone
 from crlf.models.encoder import ResNetEncoder
-from crlf.optim import build_optimizer, learning_rate, set_learning_rate
+from crlf.optim import learning_rate, learning_rate_at_progress, set_learning_rate
+from crlf.probe import ProbeResult, Setting, resolve_precision
 from crlf.runtime import environment_record, flush_denormals, resolve_device
-from crlf.step import train_step
+from crlf.step import build_training_modules, train_step  # noqa: F401 (the benchmarks' import)
 from crlf.tensorboard import training_board
 
+# The loop's time source (step times, the budget's accounting); tests replace it to inject step times.
+wall_clock = time.perf_counter
 COLLAPSE_STD_FRACTION = 0.1  # warn when the embedding spread falls below 10 % of a uniform spread (1/sqrt(D))
 
 
@@ -73,6 +76,9 @@ class Progress:
     epoch_loss_sum: float = 0.0
     epoch_log_sums: dict[str, float] = field(default_factory=dict)  # the method's logs, summed over the epoch
     epoch_time_s: float = 0.0
+    precision: dict | None = None  # the precision probe's record (crlf.probe): resumed runs keep its choice
+    budget_plan: dict | None = None  # the budget plan in force (crlf.budget), with --budget
+    budget_spent_s: float = 0.0  # wall time counted against the budget: probe, steps, checkpoints
 
     def counters(self) -> dict[str, Any]:
         """Plain data for the checkpoint (the permutation and losses are stored as tensors beside it)."""
@@ -83,26 +89,14 @@ class Progress:
         p = checkpoint["progress"]
         return cls(p["epoch"], p["step"], p["global_step"], checkpoint["perm"], list(p["history"]),
                    checkpoint["step_losses"].tolist(), p["train_time_s"], p["epoch_loss_sum"],
-                   dict(p["epoch_log_sums"]), p["epoch_time_s"])
-
-
-def build_training_modules(cfg: Config, device: torch.device | str = "cpu", num_images: int | None = None
-                           ) -> tuple[Method, torch.optim.Optimizer]:
-    """The method (backbone included) on ``device``, backbone in the configured memory layout, and its
-    optimiser: the training step's modules, shared by the loop and the benchmarks that time it.
-    ``num_images`` (the training set's size) lets queues fit themselves to small data."""
-    backbone = build_backbone(cfg.model, cfg.data.image_size)  # ResNet, ViT or timm model
-    method = method_class(cfg.method.name)(backbone, cfg, num_images or 10**9)
-    method.to(device)
-    if cfg.train.channels_last:  # every convolution's weights, momentum targets included; heads are 2-d
-        method.to(memory_format=torch.channels_last)
-    groups = method.param_groups(cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
-    return method, build_optimizer(cfg, groups)
+                   dict(p["epoch_log_sums"]), p["epoch_time_s"], p.get("precision"), p.get("budget_plan"),
+                   p.get("budget_spent_s", 0.0))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast for ``bf16``, and for ``auto`` on a CUDA GPU that has it; fp32 (None) otherwise: on a
-    CPU without bf16 matrix units, bf16 autocast is several times slower than fp32."""
+    """bf16 autocast for ``bf16``, and for ``auto`` on a CUDA GPU that has it; fp32 (None) otherwise. The loop
+    resolves ``auto`` on a CPU by measuring first (:func:`resolve_run_precision`); what is left here is the
+    unmeasured rule, for the benchmarks that call it directly."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return None
@@ -112,6 +106,60 @@ def view_size(cfg: Config, epoch: int) -> int:
     """Side of the global views in ``epoch`` (0-based): low resolution first if progressive resizing is on."""
     t = cfg.train
     return t.low_res_size if epoch < t.low_res_epochs else cfg.data.image_size
+
+
+def run_view_sizes(cfg: Config) -> list[int]:
+    """The global view sides a run trains at: low resolution (if on) and full."""
+    t, full = cfg.train, cfg.data.image_size
+    return [t.low_res_size, full] if t.low_res_epochs and t.low_res_size and t.low_res_size != full else [full]
+
+
+def low_res_fraction(cfg: Config) -> float:
+    """The recipe's share of epochs at low resolution, which a budget plan keeps."""
+    return min(1.0, cfg.train.low_res_epochs / cfg.train.epochs) if len(run_view_sizes(cfg)) > 1 else 0.0
+
+
+def resolve_run_precision(cfg: Config, device: torch.device, state: Progress, num_images: int, progress: bool
+                          ) -> tuple[Config, ProbeResult | None]:
+    """The config the run trains with (``auto`` resolved to a measured precision and layout), and the probe's
+    result. A resumed run keeps its recorded choice; the probe also gives the budget planner its step times."""
+    need_timings = bool(cfg.train.budget_minutes) and state.budget_plan is None
+    if state.precision is not None and not need_timings:  # resumed: the choice made when the run started
+        rec = state.precision
+        probe = ProbeResult(Setting(rec["precision"], rec["channels_last"]), rec["rule"], {}, 0.0)
+    else:
+        log = tqdm.write if progress else None
+        batch = cfg.train.batch_size // distributed.world_size()  # each process times its own share
+        probe = distributed.decided_on_main(lambda: resolve_precision(
+            cfg, device, run_view_sizes(cfg), need_timings=need_timings, batch_size=batch, num_images=num_images,
+            log=log))
+    if probe is None:
+        return cfg, None
+    if state.precision is None:
+        state.precision = probe.record()
+    s = probe.setting
+    return replace(cfg, train=replace(cfg.train, precision=s.precision, channels_last=s.channels_last)), probe
+
+
+def start_budget_plan(cfg: Config, state: Progress, probe: ProbeResult | None, steps_per_epoch: int
+                      ) -> BudgetPlan | None:
+    """The budget plan: new from the probe's step times, or the resumed run's, re-planned for what is left
+    (a new ``--budget`` on ``--resume`` replaces the old one; the time already spent counts)."""
+    if not cfg.train.budget_minutes:
+        return None
+    budget_s = cfg.train.budget_minutes * 60
+    sizes = run_view_sizes(cfg)
+    if state.budget_plan is not None:
+        plan = with_budget(BudgetPlan.from_dict(state.budget_plan), budget_s)
+        return plan_budget(budget_s, steps_per_epoch, plan.low_step_s, plan.full_step_s,
+                           low_fraction=low_res_fraction(cfg), low_size=plan.low_size, full_size=plan.full_size,
+                           spent_s=state.budget_spent_s, done_steps=state.global_step, previous=plan)
+    assert probe is not None and probe.timings, "a budget needs the probe's step times"
+    state.budget_spent_s += probe.probe_s  # timing the steps is part of what the user waits for
+    full_s, low_s = probe.step_seconds(sizes[-1]), probe.step_seconds(sizes[0])
+    check_budget_fits(budget_s, state.budget_spent_s, low_s)
+    return plan_budget(budget_s, steps_per_epoch, low_s, full_s, low_fraction=low_res_fraction(cfg),
+                       low_size=sizes[0], full_size=sizes[-1], spent_s=state.budget_spent_s)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -206,30 +254,34 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
     if distributed.is_main():
         save_config(cfg, run_dir / "config.yaml")
 
-    method, optimizer = build_training_modules(cfg, device, len(images))
-    state = Progress()
+    state = Progress() if checkpoint is None else Progress.from_checkpoint(checkpoint)
+    run_cfg, probe = resolve_run_precision(cfg, device, state, len(images), progress)  # cfg with auto resolved
+    method, optimizer = build_training_modules(run_cfg, device, len(images))
     if checkpoint is not None:
         method.load_state_dict(checkpoint["method"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng_state(checkpoint["rng"], perm_gen)
         distributed.restore_rank_rng(checkpoint, aug_gen, cfg.train.seed, device)  # each rank's own stream
-        state = Progress.from_checkpoint(checkpoint)
+    plan = start_budget_plan(cfg, state, probe, len(images) // cfg.train.batch_size)
     if distributed.is_main():
         record_command(run_dir, command, None if checkpoint is None else f"global step {state.global_step} "
                        f"(epoch {state.epoch + 1}, step {state.step})")
     if cfg.train.compile:
         method.compile_backbone()
-    trainer = Trainer(cfg, run_dir, method, optimizer, images.to(device), labels, aug_gen, state, progress,
-                      perm_gen=perm_gen)
+    trainer = Trainer(run_cfg, run_dir, method, optimizer, images.to(device), labels, aug_gen, state, progress,
+                      perm_gen=perm_gen, saved_cfg=cfg, plan=plan)
     where = lambda: f"epoch {state.epoch + 1} step {state.step + 1}"  # noqa: E731
     with trainer.board, _StopSignals() as stop, distributed.stop_on_lost_rank(where, trainer.resume_hint):
-        while state.epoch < cfg.train.epochs:
+        while not trainer.finished():
             trainer.train_epoch(stop)
     if distributed.is_main():
         world = {"world_size": distributed.world_size()} if distributed.is_distributed() else {}
+        budget = {"budget": trainer.budget_record()} if trainer.plan is not None else {}
+        precision = {"precision_probe": state.precision} if state.precision is not None else {}
         export_encoder(method.backbone, cfg, run_dir,
                        extra={"data": dataset.description, "epochs": state.epoch,
-                              "train_time_s": round(state.train_time_s, 1), **world, **environment_record(device)})
+                              "train_time_s": round(state.train_time_s, 1), **precision, **budget, **world,
+                              **environment_record(device)})
         write_model_card(run_dir, evaluation_gap(dataset))  # RUN/README.md; crlf evaluate adds the figures
     distributed.shutdown()
     return run_dir
@@ -251,8 +303,13 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path, method: Method, optimizer: torch.optim.Optimizer,
                  images: torch.Tensor, labels: np.ndarray, aug_gen: torch.Generator, state: Progress,
-                 progress: bool, perm_gen: torch.Generator | None = None):
+                 progress: bool, perm_gen: torch.Generator | None = None, saved_cfg: Config | None = None,
+                 plan: BudgetPlan | None = None):
+        # cfg: what the run trains with (precision auto resolved); saved_cfg: what its checkpoints record
         self.cfg, self.run_dir, self.method, self.optimizer = cfg, run_dir, method, optimizer
+        self.saved_cfg = saved_cfg or cfg
+        self.plan = plan
+        self._epoch_start = (wall_clock(), state.train_time_s, state.step)  # wall, step time, first step
         self.images, self.labels, self.aug_gen, self.state, self.progress = images, labels, aug_gen, state, progress
         self.perm_gen = perm_gen or aug_gen  # one stream in one process; common to every rank with several
         self.model = distributed.wrap(method, cfg.train.sync_batchnorm, images.device)  # DDP with several processes
@@ -264,21 +321,80 @@ class Trainer:
         self.lr = learning_rate(cfg, state.global_step, self.steps_per_epoch)
         # TensorBoard (rank 0, train.tensorboard): it only reads numbers the loop already has
         self.board = training_board(run_dir, cfg.train.tensorboard and distributed.is_main(), state.global_step)
+        if plan is not None:
+            self.adopt_plan(plan, announce=True)
+
+    # -- the budget (crlf.budget) ----------------------------------------------------------------------
+    def adopt_plan(self, plan: BudgetPlan, announce: bool = False) -> None:
+        """Make ``plan`` the one in force: in the checkpoint, in RUN/budget_plan.json, and (once) on screen."""
+        self.plan = plan
+        first = (self.state.budget_plan or {}).get("first_plan") or plan.describe()
+        self.state.budget_plan = {**plan.to_dict(), "first_plan": first}
+        if distributed.is_main():
+            atomic_write_text(self.run_dir / "budget_plan.json", json.dumps(self.budget_record(), indent=1) + "\n")
+            if announce and self.progress:
+                tqdm.write(plan.describe())
+
+    def budget_record(self) -> dict:
+        plan = self.plan
+        return {"budget_minutes": plan.budget_s / 60, "spent_s": round(self.state.budget_spent_s, 1),
+                "plan": plan.to_dict(), "first_plan": self.state.budget_plan["first_plan"],
+                "precision": self.state.precision}
+
+    def finished(self) -> bool:
+        if self.plan is not None:
+            return self.state.global_step >= self.plan.total_steps
+        return self.state.epoch >= self.cfg.train.epochs
+
+    def epoch_steps(self) -> int:
+        """Steps in the current epoch: all of them, but for a budget plan's last epoch, cut to fit."""
+        if self.plan is None:
+            return self.steps_per_epoch
+        start = self.state.global_step - self.state.step  # the epoch's first step
+        return max(0, min(self.steps_per_epoch, self.plan.total_steps - start))
+
+    def epoch_view_size(self) -> int:
+        if self.plan is not None:
+            return self.plan.view_size(self.state.global_step - self.state.step)
+        return view_size(self.cfg, self.state.epoch)
+
+    def out_of_budget(self) -> bool:
+        """Before a step: would it end past the budget? (A machine that slowed down mid-epoch: stop here,
+        the schedules are near their end anyway.)"""
+        plan = self.plan
+        return plan is not None and self.state.budget_spent_s + plan.step_seconds(self.state.global_step) > plan.budget_s
+
+    def schedule_clock(self) -> StepClock:
+        """Where the schedules stand: epochs done over the planned epochs, or with a budget the plan's
+        progress in planned time, expressed in the plan's epochs (warm-ups given in epochs scale with it)."""
+        state = self.state
+        if self.plan is None:
+            return StepClock(state.epoch + state.step / self.steps_per_epoch, self.cfg.train.epochs)
+        total = self.plan.epochs
+        return StepClock(self.plan.progress(state.global_step) * total, total)
 
     def train_epoch(self, stop: _StopSignals) -> None:
         state, cfg = self.state, self.cfg
+        self._epoch_start = (wall_clock(), state.train_time_s, state.step)  # wall, step time, first step
         if state.step == 0:
             state.perm = torch.randperm(len(self.images), generator=self.perm_gen)
-        specs = view_specs(cfg.augment, cfg.data.image_size, view_size(cfg, state.epoch))
-        bar = tqdm(total=self.steps_per_epoch, initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
+        size = self.epoch_view_size()
+        specs = view_specs(cfg.augment, cfg.data.image_size, size)
+        steps = self.epoch_steps()
+        epochs = f"{math.ceil(self.plan.epochs)}" if self.plan is not None else f"{cfg.train.epochs}"
+        bar = tqdm(total=steps, initial=state.step, desc=f"epoch {state.epoch + 1}/{epochs}",
                    unit="step", disable=not self.progress, dynamic_ncols=True)
         self.model.train()
-        while state.step < self.steps_per_epoch:
+        while state.step < steps:
+            if self.out_of_budget():
+                self.adopt_plan(dataclasses.replace(self.plan, total_steps=state.global_step))
+                steps = state.step
+                break
             loss_value, dt = self.step(specs)
             bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{self.batch / dt:.0f}", refresh=False)
             bar.update(1)
             faults.maybe_kill(state.global_step)
-            if state.step < self.steps_per_epoch:
+            if state.step < steps:
                 every = cfg.train.checkpoint_every_steps
                 signum = distributed.agreed_signal(stop.received)  # every rank stops after the same step
                 if (every and state.global_step % every == 0) or signum:
@@ -287,24 +403,51 @@ class Trainer:
                     bar.close()
                     _raise_interrupted(signum, state, self.resume_hint)
         bar.close()
-        record = self.finish_epoch()
+        if steps == 0:  # the budget ran out before this epoch's first step: nothing to record
+            return
+        record = self.finish_epoch(steps)
+        checkpoint_start = wall_clock()
         self.write_checkpoint()
+        if self.plan is not None:
+            state.budget_spent_s += wall_clock() - checkpoint_start
         faults.maybe_kill_after_checkpoint(state.epoch)
         if self.progress:
             knn = f", kNN monitor {record['knn_top1']:.1%}" if "knn_top1" in record else ""
+            budget = (f"; budget {state.budget_spent_s / 60:.1f} of {self.plan.budget_s / 60:g} min, "
+                      f"{self.plan.describe().split(': ', 1)[1]}") if self.plan is not None else ""
             tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['images_per_s']:.0f} img/s, "
-                       f"{record['epoch_time_s']:.0f} s{knn}")
+                       f"{record['epoch_time_s']:.0f} s{knn}{budget}")
         signum = distributed.agreed_signal(stop.received)
         if signum:
             _raise_interrupted(signum, state, self.resume_hint)
 
+    def account_epoch(self, record: dict[str, Any], steps: int, monitor_s: float) -> None:
+        """At the end of an epoch with a budget: count what it cost beyond its steps (not the kNN monitor:
+        evaluation is outside the budget), then re-plan the rest from its measured cost per step."""
+        state = self.state
+        wall_start, step_time_start, first_step = self._epoch_start
+        epoch_wall_s = wall_clock() - wall_start - monitor_s
+        state.budget_spent_s += max(0.0, epoch_wall_s - (state.train_time_s - step_time_start))
+        record["budget_spent_s"] = round(state.budget_spent_s, 1)
+        ran = steps - first_step
+        if ran > 0 and not self.finished():
+            plan = replan_after_epoch(self.plan, spent_s=state.budget_spent_s, done_steps=state.global_step,
+                                      measured_size=record["view_size"], measured_step_s=epoch_wall_s / ran,
+                                      low_fraction=low_res_fraction(self.cfg))
+            record["budget_plan"] = plan.describe()
+            self.adopt_plan(plan)
+
     def step(self, specs) -> tuple[float, float]:
         """One optimisation step; returns its loss and wall time."""
         state, batch = self.state, self.batch
-        t0 = time.perf_counter()
-        self.lr = learning_rate(self.cfg, state.global_step, self.steps_per_epoch)
+        t0 = wall_clock()
+        clock = self.schedule_clock()
+        if self.plan is None:
+            self.lr = learning_rate(self.cfg, state.global_step, self.steps_per_epoch)
+        else:
+            self.lr = learning_rate_at_progress(self.cfg, clock.progress, self.plan.progress(state.global_step + 1),
+                                                self.plan.epochs)
         set_learning_rate(self.optimizer, self.lr)
-        clock = StepClock(state.epoch + state.step / self.steps_per_epoch, self.cfg.train.epochs)
         idx = state.perm[state.step * batch:(state.step + 1) * batch]  # (B,) the global batch
         idx = distributed.shard(idx).to(self.images.device)  # (B / W,) this rank's part: all of it in one process
         with _stop_on_out_of_memory(state, batch, self.images.device, self.run_dir, self.resume_hint):
@@ -312,7 +455,7 @@ class Trainer:
             views = self.augment(self.images[idx], self.aug_gen, specs)  # [(B, 3, S, S)], global views first
             loss_value, logs = train_step(self.model, self.optimizer, views, clock, self.autocast_dtype,
                                           check_loss=self.check_loss)
-        dt = time.perf_counter() - t0
+        dt = wall_clock() - t0
         state.step += 1
         state.global_step += 1
         state.step_losses.append(loss_value)
@@ -321,6 +464,8 @@ class Trainer:
             state.epoch_log_sums[key] = state.epoch_log_sums.get(key, 0.0) + value
         state.epoch_time_s += dt
         state.train_time_s += dt
+        if self.plan is not None:
+            state.budget_spent_s += dt
         self.board.step(state.global_step, loss_value, self.lr)
         return loss_value, dt
 
@@ -338,8 +483,10 @@ class Trainer:
         faults.maybe_signal(state.global_step)  # tests: a signal arriving mid-step
         return loss_value
 
-    def finish_epoch(self) -> dict[str, Any]:
-        state, cfg, steps = self.state, self.cfg, self.steps_per_epoch
+    def finish_epoch(self, steps: int | None = None) -> dict[str, Any]:
+        """The epoch's record (metrics.jsonl); ``steps``: how many it ran (fewer for a budget's cut last epoch)."""
+        state, cfg = self.state, self.cfg
+        steps = steps or self.steps_per_epoch
         logs = {k: v / steps for k, v in state.epoch_log_sums.items()}
         spread = logs.pop("embedding_std", float("nan"))
         if distributed.is_main():  # the logs are means over the ranks: one warning is enough
@@ -347,11 +494,17 @@ class Trainer:
         record = {"epoch": state.epoch + 1, "loss": state.epoch_loss_sum / steps, "lr": self.lr,
                   "epoch_time_s": round(state.epoch_time_s, 3),
                   "images_per_s": round(steps * self.batch / state.epoch_time_s, 1),
-                  "embedding_std": round(spread, 5), "steps": steps, "view_size": view_size(cfg, state.epoch),
+                  "embedding_std": round(spread, 5), "steps": steps, "view_size": self.epoch_view_size(),
                   **{k: round(v, 6) for k, v in logs.items()}}
         if (cfg.train.eval_every and (state.epoch + 1) % cfg.train.eval_every == 0 and self.labels.max() >= 0
                 and distributed.is_main()):  # rank 0's record is the one written
+            t0 = wall_clock()
             record["knn_top1"] = round(knn_monitor(self.method.backbone, self.images, self.labels, cfg), 4)
+            monitor_s = wall_clock() - t0
+        else:
+            monitor_s = 0.0
+        if self.plan is not None:
+            self.account_epoch(record, steps, monitor_s)
         state.history.append(record)
         self.board.epoch(state.global_step, record)
         state.epoch += 1
@@ -369,7 +522,7 @@ class Trainer:
     def checkpoint_state(self) -> dict[str, Any]:
         method_state = self.method.state_dict()
         self.stop_if_not_finite(method_state)
-        return {"config": to_dict(self.cfg), "method": method_state, "optimizer": self.optimizer.state_dict(),
+        return {"config": to_dict(self.saved_cfg), "method": method_state, "optimizer": self.optimizer.state_dict(),
                 "rng": rng_state(self.perm_gen), "perm": self.state.perm,
                 "step_losses": torch.tensor(self.state.step_losses, dtype=torch.float64),
                 "progress": self.state.counters(),

@@ -134,6 +134,17 @@ def write_report(run_dir: Path) -> Path:
     return run_dir / "report.html"
 
 
+def _precision_and_budget(run_dir: Path) -> list[tuple[str, str]]:
+    """The precision probe's choice and the budget plan (RUN/config.json), as the model card shows them."""
+    from crlf.model_card import precision_and_budget_rows
+
+    try:
+        meta = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return precision_and_budget_rows(meta)
+
+
 def render(metrics: dict, history: list[dict], run_dir: Path, notes: list[str]) -> str:
     m = metrics
     cfg = m.get("config", {})
@@ -188,7 +199,8 @@ def render(metrics: dict, history: list[dict], run_dir: Path, notes: list[str]) 
              ("kNN (s)", m.get("eval_knn_s"))] + [(f"{k} (s)", v) for k, v in m.get("eval_extra_s", {}).items()]
     parts.append('<h2 id="hardware">Hardware and wall times</h2>' + _table(
         [("device", m.get("device")), ("hardware", m.get("hardware")), ("torch", m.get("torch")),
-         ("python", m.get("python")), ("git commit", m.get("git_commit")), ("seed", m.get("seed"))] + times))
+         ("python", m.get("python")), ("git commit", m.get("git_commit")), ("seed", m.get("seed"))] + times
+        + _precision_and_budget(run_dir)))
     skip = ("config.", "confusion_matrix", "classes", "per_class_accuracy.", "protocol.")
     scalars = [(k, v) for k, v in flatten(m).items() if not k.startswith(skip)]
     parts.append(f'<h2 id="metrics">Every metric</h2><details><summary>all {len(scalars)} values of '
