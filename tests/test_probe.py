@@ -130,3 +130,13 @@ def test_a_run_trains_with_the_probes_choice_and_records_it(tmp_path, monkeypatc
     assert "precision: auto" in (run / "config.yaml").read_text()
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["config"]["train"]["precision"] == "auto" and ckpt["progress"]["precision"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_bf16\n", True),  # AMD EPYC (Zen 4/5)
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_vnni\n", False),  # AVX-512 without bf16 units
+    ("processor\t: 0\nflags\t\t: fpu amx_bf16 amx_tile\n", True),  # Intel with AMX
+    ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", True),  # Arm with FEAT_BF16
+])
+def test_bf16_is_timed_only_on_cpus_with_bf16_units(cpuinfo, expected):
+    assert probe.cpu_has_bf16(cpuinfo) is expected

@@ -35,7 +35,9 @@ from crlf.io import atomic_write_text
 CACHE_FORMAT = "crlf-precision-probe"
 CACHE_VERSION = 1
 WARMUP_ROUNDS = 1  # first step of each setting: oneDNN builds its kernels
-TIMED_ROUNDS = 2  # then the median of these (rounds interleave the settings, so drift hits all alike)
+# Then the median of 2 to 4 timed rounds (each round runs every setting once, so drift hits all alike):
+# a third and fourth round only while the probe has taken less than PROBE_SECONDS.
+MIN_TIMED_ROUNDS, MAX_TIMED_ROUNDS, PROBE_SECONDS = 2, 4, 10.0
 
 # seconds per step for each (setting, view size): what the measuring function returns
 Timings = dict[str, dict[int, float]]
@@ -88,8 +90,22 @@ def cache_file() -> Path:
     return Path(base) / "precision_probe.json"
 
 
-def cpu_has_bf16() -> bool:
-    """oneDNN runs bf16 on this CPU (without it, autocast falls back to slow emulation or fails)."""
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 (AVX-512 / AMX) and Arm (FEAT_BF16) flags
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """The CPU has bf16 arithmetic units, so bf16 autocast can pay. oneDNN also "supports" bf16 on AVX-512
+    CPUs without them by converting in software, several times slower than fp32: not worth timing. Where
+    /proc/cpuinfo is not there (macOS, Windows), oneDNN's own answer."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = {word for line in cpuinfo.splitlines() if line.lower().startswith(("flags", "features"))
+             for word in line.split(":", 1)[1].split()}
+    if flags:
+        return bool(flags & NATIVE_BF16_FLAGS)
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -173,10 +189,14 @@ def measure_step_times(cfg: Config, device: torch.device, settings: list[Setting
             run_cfg = replace(cfg, train=replace(cfg.train, precision=s.precision, channels_last=s.channels_last))
             modules[s] = build_training_modules(run_cfg, device, num_images)
         clock = StepClock(0.0, 1)
-        for view_size in view_sizes:
+        start = time.perf_counter()
+        for k, view_size in enumerate(view_sizes):
             specs = view_specs(cfg.augment, size, view_size)
             samples: dict[Setting, list[float]] = {s: [] for s in settings}
-            for r in range(WARMUP_ROUNDS + TIMED_ROUNDS):
+            for r in range(WARMUP_ROUNDS + MAX_TIMED_ROUNDS):
+                spent_share = (time.perf_counter() - start) / PROBE_SECONDS * len(view_sizes) / (k + 1)
+                if r >= WARMUP_ROUNDS + MIN_TIMED_ROUNDS and spent_share > 1:
+                    break  # this size has had its share of the probe's time
                 for s in settings:
                     method, optimizer = modules[s]
                     sync()
