@@ -47,14 +47,25 @@ def bound(config: str, steps: int, warmup: int) -> None:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    b = cfg.train.batch_size
+    views = [torch.randn(b, 3, spec.size, spec.size, device=device)  # (B, 3, S, S) per view, as in training
+             for spec in view_specs(cfg.augment, cfg.data.image_size) for _ in range(spec.count)]
+    if cfg.train.precision == "auto":  # the probe's choice for this machine, as the real loop makes it (cached)
+        from dataclasses import replace
+
+        from crlf.probe import resolve_precision
+
+        size = view_specs(cfg.augment, cfg.data.image_size)[0].size
+        choice = resolve_precision(cfg, device, [size], need_timings=False, batch_size=cfg.train.batch_size,
+                                   num_images=50000, log=None)
+        if choice is not None:
+            s = choice.setting
+            cfg = replace(cfg, train=replace(cfg.train, precision=s.precision, channels_last=s.channels_last))
+    autocast = autocast_dtype(cfg.train.precision, device)
     torch.manual_seed(0)
     method, optimizer = build_training_modules(cfg, device)
     if cfg.train.compile:
         method.compile_backbone()  # compiled in the warm-up
-    b = cfg.train.batch_size
-    views = [torch.randn(b, 3, spec.size, spec.size, device=device)  # (B, 3, S, S) per view, as in training
-             for spec in view_specs(cfg.augment, cfg.data.image_size) for _ in range(spec.count)]
-    autocast = autocast_dtype(cfg.train.precision, device)
     clock = StepClock(0.0, cfg.train.epochs)
     for i in range(warmup + steps):
         if i == warmup:

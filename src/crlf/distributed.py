@@ -203,6 +203,16 @@ def agreed_signal(signum: int | None) -> int | None:
     return int(flag) or None
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if it is true on any (a budget's "the next step would overrun"); the flag in one
+    process."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int64)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value)
+
+
 def decided_on_main(fn):
     """``fn()`` on rank 0 only, its (small, picklable) result on every rank: decisions that move files, such as
     which checkpoint to resume from. An error on rank 0 is raised on every rank (a UsageError as one)."""

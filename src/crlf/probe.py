@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from crlf import distributed
 from crlf.config import Config
 from crlf.io import atomic_write_text
 
@@ -220,22 +221,35 @@ def resolve_precision(cfg: Config, device: torch.device, view_sizes: list[int], 
     settings, rule = candidate_settings(cfg, device)
     if len(settings) == 1 and not need_timings:
         return None if rule == "explicit" else ProbeResult(settings[0], rule, {})
-    path = cache_file()
-    entries = _read_cache(path)
     keys = {v: machine_key(cfg, device, v, batch_size) for v in view_sizes}
-    cached = all(all(s.name in entries.get(keys[v], {}) for s in settings) for v in view_sizes)
-    t0 = time.perf_counter()
-    if cached:
-        timings = {s.name: {v: float(entries[keys[v]][s.name]) for v in view_sizes} for s in settings}
-    else:
-        if log and len(settings) > 1:
-            log(f"precision auto: timing {len(settings)} settings at {', '.join(f'{v} px' for v in view_sizes)} "
-                f"(a few seconds, cached for this machine)")
-        timings = (measure or measure_step_times)(cfg, device, settings, view_sizes, batch_size, num_images)
+
+    def cached_timings() -> Timings | None:
+        entries = _read_cache(cache_file())
+        if not all(all(s.name in entries.get(keys[v], {}) for s in settings) for v in view_sizes):
+            return None
+        return {s.name: {v: float(entries[keys[v]][s.name]) for v in view_sizes} for s in settings}
+
+    def store(timings: Timings) -> Timings:
+        path = cache_file()
+        entries = _read_cache(path)
         for v in view_sizes:
             entries[keys[v]] = {**entries.get(keys[v], {}), **{s.name: timings[s.name][v] for s in settings}}
         _write_cache(path, entries)
-    probe_s = 0.0 if cached else time.perf_counter() - t0
+        return timings
+
+    # With several processes rank 0 reads and writes the cache and its numbers decide; the steps are timed
+    # on every rank together, because a method's step gathers across ranks.
+    timings = distributed.decided_on_main(cached_timings)
+    cached = timings is not None
+    t0 = time.perf_counter()
+    if not cached:
+        if log and len(settings) > 1:
+            log(f"precision auto: timing {len(settings)} settings at {', '.join(f'{v} px' for v in view_sizes)} "
+                f"(a few seconds, cached for this machine)")
+        local = (measure or measure_step_times)(cfg, device, settings, view_sizes, batch_size, num_images)
+        timings, probe_s = distributed.decided_on_main(lambda: (store(local), time.perf_counter() - t0))
+    else:
+        probe_s = 0.0
     # The fastest over the whole run's mix is the fastest at its most used size; the sum is a fair proxy.
     best = min(settings, key=lambda s: sum(timings[s.name].values()))
     result = ProbeResult(best, ("cached" if cached else "measured") if len(settings) > 1 else rule, timings, probe_s)

@@ -130,9 +130,8 @@ def resolve_run_precision(cfg: Config, device: torch.device, state: Progress, nu
     else:
         log = tqdm.write if progress else None
         batch = cfg.train.batch_size // distributed.world_size()  # each process times its own share
-        probe = distributed.decided_on_main(lambda: resolve_precision(
-            cfg, device, run_view_sizes(cfg), need_timings=need_timings, batch_size=batch, num_images=num_images,
-            log=log))
+        probe = resolve_precision(cfg, device, run_view_sizes(cfg), need_timings=need_timings, batch_size=batch,
+                                  num_images=num_images, log=log)  # rank 0's answer on every rank
     if probe is None:
         return cfg, None
     if state.precision is None:
@@ -386,7 +385,7 @@ class Trainer:
                    unit="step", disable=not self.progress, dynamic_ncols=True)
         self.model.train()
         while state.step < steps:
-            if self.out_of_budget():
+            if self.plan is not None and distributed.any_rank(self.out_of_budget()):  # every rank stops together
                 self.adopt_plan(dataclasses.replace(self.plan, total_steps=state.global_step))
                 steps = state.step
                 break
@@ -431,9 +430,12 @@ class Trainer:
         record["budget_spent_s"] = round(state.budget_spent_s, 1)
         ran = steps - first_step
         if ran > 0 and not self.finished():
-            plan = replan_after_epoch(self.plan, spent_s=state.budget_spent_s, done_steps=state.global_step,
-                                      measured_size=record["view_size"], measured_step_s=epoch_wall_s / ran,
-                                      low_fraction=low_res_fraction(self.cfg))
+            # rank 0's clock decides for every rank: all of them must run the same steps
+            spent, plan = distributed.decided_on_main(lambda: (state.budget_spent_s, replan_after_epoch(
+                self.plan, spent_s=state.budget_spent_s, done_steps=state.global_step,
+                measured_size=record["view_size"], measured_step_s=epoch_wall_s / ran,
+                low_fraction=low_res_fraction(self.cfg))))
+            state.budget_spent_s = spent
             record["budget_plan"] = plan.describe()
             self.adopt_plan(plan)
 
