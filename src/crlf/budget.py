@@ -17,7 +17,7 @@ epochs at the start, and the last full-resolution epoch may be cut short so the 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from crlf.errors import UsageError
 
@@ -173,11 +173,6 @@ def replan_after_epoch(plan: BudgetPlan, *, spent_s: float, done_steps: int, mea
     return plan_budget(plan.budget_s, plan.steps_per_epoch, low, full, low_fraction=low_fraction,
                        low_size=plan.low_size, full_size=plan.full_size, spent_s=spent_s,
                        done_steps=done_steps, previous=plan)
-
-
-def with_budget(plan: BudgetPlan, budget_s: float) -> BudgetPlan:
-    """The same plan under a new budget (``--resume --budget M`` changes it); re-planned by the caller."""
-    return replace(plan, budget_s=budget_s)
 
 
 def check_budget_fits(budget_s: float, spent_s: float, first_step_s: float) -> None:

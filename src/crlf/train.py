@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from crlf import distributed, faults
-from crlf.budget import BudgetPlan, check_budget_fits, plan_budget, replan_after_epoch, with_budget
+from crlf.budget import BudgetPlan, check_budget_fits, plan_budget, replan_after_epoch
 from crlf.checkpoint import (
     LATEST,
     PREVIOUS,
@@ -149,7 +149,7 @@ def start_budget_plan(cfg: Config, state: Progress, probe: ProbeResult | None, s
     budget_s = cfg.train.budget_minutes * 60
     sizes = run_view_sizes(cfg)
     if state.budget_plan is not None:
-        plan = with_budget(BudgetPlan.from_dict(state.budget_plan), budget_s)
+        plan = BudgetPlan.from_dict(state.budget_plan)  # its step times; the budget may be a new one
         return plan_budget(budget_s, steps_per_epoch, plan.low_step_s, plan.full_step_s,
                            low_fraction=low_res_fraction(cfg), low_size=plan.low_size, full_size=plan.full_size,
                            spent_s=state.budget_spent_s, done_steps=state.global_step, previous=plan)
