@@ -14,14 +14,13 @@ of the global batch, the step runs through DDP, and rank 0 alone writes files (:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import random
 import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ import torch
 from tqdm.auto import tqdm
 
 from crlf import distributed, faults
-from crlf.budget import BudgetPlan, check_budget_fits, plan_budget, replan_after_epoch
 from crlf.checkpoint import (
     LATEST,
     PREVIOUS,
@@ -51,8 +49,8 @@ from crlf.io import atomic_write_text
 from crlf.methods.base import Method, StepClock
 from crlf.model_card import evaluation_gap, record_command, write_model_card
 from crlf.models.encoder import ResNetEncoder
-from crlf.optim import learning_rate, learning_rate_at_progress, set_learning_rate
-from crlf.probe import ProbeResult, Setting, resolve_precision
+from crlf.optim import learning_rate, set_learning_rate
+from crlf.run_plan import BudgetKeeper, low_res_fraction, resolve_run_precision, start_budget_plan
 from crlf.runtime import environment_record, flush_denormals, resolve_device
 from crlf.step import build_training_modules, train_step  # noqa: F401 (the benchmarks' import)
 from crlf.tensorboard import training_board
@@ -106,59 +104,6 @@ def view_size(cfg: Config, epoch: int) -> int:
     """Side of the global views in ``epoch`` (0-based): low resolution first if progressive resizing is on."""
     t = cfg.train
     return t.low_res_size if epoch < t.low_res_epochs else cfg.data.image_size
-
-
-def run_view_sizes(cfg: Config) -> list[int]:
-    """The global view sides a run trains at: low resolution (if on) and full."""
-    t, full = cfg.train, cfg.data.image_size
-    return [t.low_res_size, full] if t.low_res_epochs and t.low_res_size and t.low_res_size != full else [full]
-
-
-def low_res_fraction(cfg: Config) -> float:
-    """The recipe's share of epochs at low resolution, which a budget plan keeps."""
-    return min(1.0, cfg.train.low_res_epochs / cfg.train.epochs) if len(run_view_sizes(cfg)) > 1 else 0.0
-
-
-def resolve_run_precision(cfg: Config, device: torch.device, state: Progress, num_images: int, progress: bool
-                          ) -> tuple[Config, ProbeResult | None]:
-    """The config the run trains with (``auto`` resolved to a measured precision and layout), and the probe's
-    result. A resumed run keeps its recorded choice; the probe also gives the budget planner its step times."""
-    need_timings = bool(cfg.train.budget_minutes) and state.budget_plan is None
-    if state.precision is not None and not need_timings:  # resumed: the choice made when the run started
-        rec = state.precision
-        probe = ProbeResult(Setting(rec["precision"], rec["channels_last"]), rec["rule"], {}, 0.0)
-    else:
-        log = tqdm.write if progress else None
-        batch = cfg.train.batch_size // distributed.world_size()  # each process times its own share
-        probe = resolve_precision(cfg, device, run_view_sizes(cfg), need_timings=need_timings, batch_size=batch,
-                                  num_images=num_images, log=log)  # rank 0's answer on every rank
-    if probe is None:
-        return cfg, None
-    if state.precision is None:
-        state.precision = probe.record()
-    s = probe.setting
-    return replace(cfg, train=replace(cfg.train, precision=s.precision, channels_last=s.channels_last)), probe
-
-
-def start_budget_plan(cfg: Config, state: Progress, probe: ProbeResult | None, steps_per_epoch: int
-                      ) -> BudgetPlan | None:
-    """The budget plan: new from the probe's step times, or the resumed run's, re-planned for what is left
-    (a new ``--budget`` on ``--resume`` replaces the old one; the time already spent counts)."""
-    if not cfg.train.budget_minutes:
-        return None
-    budget_s = cfg.train.budget_minutes * 60
-    sizes = run_view_sizes(cfg)
-    if state.budget_plan is not None:
-        plan = BudgetPlan.from_dict(state.budget_plan)  # its step times; the budget may be a new one
-        return plan_budget(budget_s, steps_per_epoch, plan.low_step_s, plan.full_step_s,
-                           low_fraction=low_res_fraction(cfg), low_size=plan.low_size, full_size=plan.full_size,
-                           spent_s=state.budget_spent_s, done_steps=state.global_step, previous=plan)
-    assert probe is not None and probe.timings, "a budget needs the probe's step times"
-    state.budget_spent_s += probe.probe_s  # timing the steps is part of what the user waits for
-    full_s, low_s = probe.step_seconds(sizes[-1]), probe.step_seconds(sizes[0])
-    check_budget_fits(budget_s, state.budget_spent_s, low_s)
-    return plan_budget(budget_s, steps_per_epoch, low_s, full_s, low_fraction=low_res_fraction(cfg),
-                       low_size=sizes[0], full_size=sizes[-1], spent_s=state.budget_spent_s)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -275,7 +220,7 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
             trainer.train_epoch(stop)
     if distributed.is_main():
         world = {"world_size": distributed.world_size()} if distributed.is_distributed() else {}
-        budget = {"budget": trainer.budget_record()} if trainer.plan is not None else {}
+        budget = {"budget": trainer.budget.record()} if trainer.budget is not None else {}
         precision = {"precision_probe": state.precision} if state.precision is not None else {}
         export_encoder(method.backbone, cfg, run_dir,
                        extra={"data": dataset.description, "epochs": state.epoch,
@@ -303,12 +248,10 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, method: Method, optimizer: torch.optim.Optimizer,
                  images: torch.Tensor, labels: np.ndarray, aug_gen: torch.Generator, state: Progress,
                  progress: bool, perm_gen: torch.Generator | None = None, saved_cfg: Config | None = None,
-                 plan: BudgetPlan | None = None):
+                 plan=None):
         # cfg: what the run trains with (precision auto resolved); saved_cfg: what its checkpoints record
         self.cfg, self.run_dir, self.method, self.optimizer = cfg, run_dir, method, optimizer
         self.saved_cfg = saved_cfg or cfg
-        self.plan = plan
-        self._epoch_start = (wall_clock(), state.train_time_s, state.step)  # wall, step time, first step
         self.images, self.labels, self.aug_gen, self.state, self.progress = images, labels, aug_gen, state, progress
         self.perm_gen = perm_gen or aug_gen  # one stream in one process; common to every rank with several
         self.model = distributed.wrap(method, cfg.train.sync_batchnorm, images.device)  # DDP with several processes
@@ -320,73 +263,33 @@ class Trainer:
         self.lr = learning_rate(cfg, state.global_step, self.steps_per_epoch)
         # TensorBoard (rank 0, train.tensorboard): it only reads numbers the loop already has
         self.board = training_board(run_dir, cfg.train.tensorboard and distributed.is_main(), state.global_step)
-        if plan is not None:
-            self.adopt_plan(plan, announce=True)
-
-    # -- the budget (crlf.budget) ----------------------------------------------------------------------
-    def adopt_plan(self, plan: BudgetPlan, announce: bool = False) -> None:
-        """Make ``plan`` the one in force: in the checkpoint, in RUN/budget_plan.json, and (once) on screen."""
-        self.plan = plan
-        first = (self.state.budget_plan or {}).get("first_plan") or plan.describe()
-        self.state.budget_plan = {**plan.to_dict(), "first_plan": first}
-        if distributed.is_main():
-            atomic_write_text(self.run_dir / "budget_plan.json", json.dumps(self.budget_record(), indent=1) + "\n")
-            if announce and self.progress:
-                tqdm.write(plan.describe())
-
-    def budget_record(self) -> dict:
-        plan = self.plan
-        return {"budget_minutes": plan.budget_s / 60, "spent_s": round(self.state.budget_spent_s, 1),
-                "plan": plan.to_dict(), "first_plan": self.state.budget_plan["first_plan"],
-                "precision": self.state.precision}
+        # with --budget: the plan in force (crlf.run_plan), which decides steps, view sizes and schedules
+        self.budget = None if plan is None else BudgetKeeper(
+            plan, state, run_dir, low_res_fraction(cfg), self.steps_per_epoch, progress, clock=wall_clock)
 
     def finished(self) -> bool:
-        if self.plan is not None:
-            return self.state.global_step >= self.plan.total_steps
+        if self.budget is not None:
+            return self.budget.finished()
         return self.state.epoch >= self.cfg.train.epochs
 
-    def epoch_steps(self) -> int:
-        """Steps in the current epoch: all of them, but for a budget plan's last epoch, cut to fit."""
-        if self.plan is None:
-            return self.steps_per_epoch
-        start = self.state.global_step - self.state.step  # the epoch's first step
-        return max(0, min(self.steps_per_epoch, self.plan.total_steps - start))
-
     def epoch_view_size(self) -> int:
-        if self.plan is not None:
-            return self.plan.view_size(self.state.global_step - self.state.step)
-        return view_size(self.cfg, self.state.epoch)
-
-    def out_of_budget(self) -> bool:
-        """Before a step: would it end past the budget? (A machine that slowed down mid-epoch: stop here,
-        the schedules are near their end anyway.)"""
-        plan = self.plan
-        return plan is not None and self.state.budget_spent_s + plan.step_seconds(self.state.global_step) > plan.budget_s
-
-    def schedule_clock(self) -> StepClock:
-        """Where the schedules stand: epochs done over the planned epochs, or with a budget the plan's
-        progress in planned time, expressed in the plan's epochs (warm-ups given in epochs scale with it)."""
-        state = self.state
-        if self.plan is None:
-            return StepClock(state.epoch + state.step / self.steps_per_epoch, self.cfg.train.epochs)
-        total = self.plan.epochs
-        return StepClock(self.plan.progress(state.global_step) * total, total)
+        return self.budget.view_size() if self.budget is not None else view_size(self.cfg, self.state.epoch)
 
     def train_epoch(self, stop: _StopSignals) -> None:
         state, cfg = self.state, self.cfg
-        self._epoch_start = (wall_clock(), state.train_time_s, state.step)  # wall, step time, first step
+        if self.budget is not None:
+            self.budget.epoch_started()
         if state.step == 0:
             state.perm = torch.randperm(len(self.images), generator=self.perm_gen)
         size = self.epoch_view_size()
         specs = view_specs(cfg.augment, cfg.data.image_size, size)
-        steps = self.epoch_steps()
-        epochs = f"{math.ceil(self.plan.epochs)}" if self.plan is not None else f"{cfg.train.epochs}"
+        steps = self.steps_per_epoch if self.budget is None else self.budget.epoch_steps()
+        epochs = cfg.train.epochs if self.budget is None else math.ceil(self.budget.plan.epochs)
         bar = tqdm(total=steps, initial=state.step, desc=f"epoch {state.epoch + 1}/{epochs}",
                    unit="step", disable=not self.progress, dynamic_ncols=True)
         self.model.train()
         while state.step < steps:
-            if self.plan is not None and distributed.any_rank(self.out_of_budget()):  # every rank stops together
-                self.adopt_plan(dataclasses.replace(self.plan, total_steps=state.global_step))
+            if self.budget is not None and self.budget.stop_before_step():
                 steps = state.step
                 break
             loss_value, dt = self.step(specs)
@@ -407,48 +310,27 @@ class Trainer:
         record = self.finish_epoch(steps)
         checkpoint_start = wall_clock()
         self.write_checkpoint()
-        if self.plan is not None:
-            state.budget_spent_s += wall_clock() - checkpoint_start
+        if self.budget is not None:
+            self.budget.count(wall_clock() - checkpoint_start)
         faults.maybe_kill_after_checkpoint(state.epoch)
         if self.progress:
             knn = f", kNN monitor {record['knn_top1']:.1%}" if "knn_top1" in record else ""
-            budget = (f"; budget {state.budget_spent_s / 60:.1f} of {self.plan.budget_s / 60:g} min, "
-                      f"{self.plan.describe().split(': ', 1)[1]}") if self.plan is not None else ""
+            budget = f"; {self.budget.summary()}" if self.budget is not None else ""
             tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['images_per_s']:.0f} img/s, "
                        f"{record['epoch_time_s']:.0f} s{knn}{budget}")
         signum = distributed.agreed_signal(stop.received)
         if signum:
             _raise_interrupted(signum, state, self.resume_hint)
 
-    def account_epoch(self, record: dict[str, Any], steps: int, monitor_s: float) -> None:
-        """At the end of an epoch with a budget: count what it cost beyond its steps (not the kNN monitor:
-        evaluation is outside the budget), then re-plan the rest from its measured cost per step."""
-        state = self.state
-        wall_start, step_time_start, first_step = self._epoch_start
-        epoch_wall_s = wall_clock() - wall_start - monitor_s
-        state.budget_spent_s += max(0.0, epoch_wall_s - (state.train_time_s - step_time_start))
-        record["budget_spent_s"] = round(state.budget_spent_s, 1)
-        ran = steps - first_step
-        if ran > 0 and not self.finished():
-            # rank 0's clock decides for every rank: all of them must run the same steps
-            spent, plan = distributed.decided_on_main(lambda: (state.budget_spent_s, replan_after_epoch(
-                self.plan, spent_s=state.budget_spent_s, done_steps=state.global_step,
-                measured_size=record["view_size"], measured_step_s=epoch_wall_s / ran,
-                low_fraction=low_res_fraction(self.cfg))))
-            state.budget_spent_s = spent
-            record["budget_plan"] = plan.describe()
-            self.adopt_plan(plan)
-
     def step(self, specs) -> tuple[float, float]:
         """One optimisation step; returns its loss and wall time."""
         state, batch = self.state, self.batch
         t0 = wall_clock()
-        clock = self.schedule_clock()
-        if self.plan is None:
+        if self.budget is None:
+            clock = StepClock(state.epoch + state.step / self.steps_per_epoch, self.cfg.train.epochs)
             self.lr = learning_rate(self.cfg, state.global_step, self.steps_per_epoch)
-        else:
-            self.lr = learning_rate_at_progress(self.cfg, clock.progress, self.plan.progress(state.global_step + 1),
-                                                self.plan.epochs)
+        else:  # the plan's progress in planned time
+            clock, self.lr = self.budget.schedule_clock(), self.budget.learning_rate(self.cfg)
         set_learning_rate(self.optimizer, self.lr)
         idx = state.perm[state.step * batch:(state.step + 1) * batch]  # (B,) the global batch
         idx = distributed.shard(idx).to(self.images.device)  # (B / W,) this rank's part: all of it in one process
@@ -466,8 +348,8 @@ class Trainer:
             state.epoch_log_sums[key] = state.epoch_log_sums.get(key, 0.0) + value
         state.epoch_time_s += dt
         state.train_time_s += dt
-        if self.plan is not None:
-            state.budget_spent_s += dt
+        if self.budget is not None:
+            self.budget.count(dt)
         self.board.step(state.global_step, loss_value, self.lr)
         return loss_value, dt
 
@@ -505,8 +387,8 @@ class Trainer:
             monitor_s = wall_clock() - t0
         else:
             monitor_s = 0.0
-        if self.plan is not None:
-            self.account_epoch(record, steps, monitor_s)
+        if self.budget is not None:
+            self.budget.end_epoch(record, steps, monitor_s)
         state.history.append(record)
         self.board.epoch(state.global_step, record)
         state.epoch += 1
