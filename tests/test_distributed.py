@@ -24,6 +24,7 @@ import sys
 import time
 import traceback
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -306,3 +307,15 @@ def test_torchrun_with_fresh_interpreters_equals_crlf_nproc(tiny_data, tmp_path)
                             timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_same_run(run, load_reference(tmp_path / "reference"))
+
+
+def test_a_budget_with_two_processes_ends_with_every_rank_on_the_same_plan(tiny_data, tmp_path):
+    """--budget under --nproc 2: rank 0's clock re-plans for both ranks and the out-of-budget check is agreed,
+    so both run the same steps and the job ends (a disagreement would hang a collective)."""
+    run = tmp_path / "run"
+    result = nproc_pretrain(tiny_data, run, "--budget", "0.05", "--set", "train.epochs=1000")
+    assert result.returncode == 0, result.output
+    record = json.loads((run / "budget_plan.json").read_text())
+    steps = len(np.load(run / "step_losses.npy"))
+    assert steps == record["plan"]["total_steps"] > 0
+    assert record["spent_s"] > 0 and record["plan"]["budget_s"] == 3.0

@@ -101,10 +101,14 @@ class BudgetKeeper:
         self.plan = plan
         first = (self.state.budget_plan or {}).get("first_plan") or plan.describe()
         self.state.budget_plan = {**plan.to_dict(), "first_plan": first}
+        self.save()
+        if announce and distributed.is_main():
+            tqdm.write(plan.describe())
+
+    def save(self) -> None:
+        """RUN/budget_plan.json (rank 0): after every re-plan, and once more when training ends."""
         if distributed.is_main():
             atomic_write_text(self.run_dir / PLAN_FILE, json.dumps(self.record(), indent=1) + "\n")
-            if announce:
-                tqdm.write(plan.describe())
 
     def record(self) -> dict:
         """RUN/budget_plan.json, and config.json's ``budget``."""

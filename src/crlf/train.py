@@ -220,7 +220,10 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
             trainer.train_epoch(stop)
     if distributed.is_main():
         world = {"world_size": distributed.world_size()} if distributed.is_distributed() else {}
-        budget = {"budget": trainer.budget.record()} if trainer.budget is not None else {}
+        budget = {}
+        if trainer.budget is not None:  # the final time spent, checkpoints included
+            trainer.budget.save()
+            budget = {"budget": trainer.budget.record()}
         precision = {"precision_probe": state.precision} if state.precision is not None else {}
         export_encoder(method.backbone, cfg, run_dir,
                        extra={"data": dataset.description, "epochs": state.epoch,
