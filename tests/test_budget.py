@@ -218,3 +218,16 @@ def test_the_schedules_reach_their_end_with_the_budget(budget_run):
     # still be above 0.8 of the base lr after these 3 epochs
     assert history[-1]["lr"] < 0.25 * 3e-4
     assert math.isfinite(history[-1]["loss"])
+
+
+def test_crlf_run_with_a_budget_reports_the_time_spent_apart_from_evaluation(budget_run, capsys, monkeypatch):
+    run, tmp = budget_run
+    monkeypatch.setattr(probe, "measure_step_times", fake_measure(STEP_S))
+    data = tmp / "images"
+    assert main(["run", "--config", str(REPO / "configs" / "fast-cpu.yaml"), "--data", str(data), "--out",
+                 str(tmp / "r"), "--batch-size", "4", "--device", "cpu", "--threads", "1", "--precision", "fp32",
+                 "--quiet", "--budget", str(1.1 / 60)]) == 0
+    out = capsys.readouterr().out
+    spent = json.loads((tmp / "r" / "budget_plan.json").read_text())["spent_s"]
+    assert f"pretraining ({spent / 60:.1f} min of a 0.0183333-min budget, precision probe and checkpoints included)" in out
+    assert "s evaluation: linear top-1 " in out

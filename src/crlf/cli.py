@@ -316,7 +316,8 @@ def dispatch(args: argparse.Namespace) -> int:
             return 0
         _plot(run_dir)
         _report(run_dir)
-        print(f"done in {m['pretrain_time_s']:.0f} s pretraining + {m['eval_time_s']:.0f} s evaluation: "
+        budget = _budget_line(run_dir)
+        print(f"done in {m['pretrain_time_s']:.0f} s pretraining{budget} + {m['eval_time_s']:.0f} s evaluation: "
               f"linear top-1 {m['linear_top1']:.2%} on {m['data']}; artefacts in {run_dir}/")
     elif args.command == "evaluate":
         _evaluate(args.run_dir, args.data, args.device, args.quiet, finetune=args.finetune,
@@ -349,6 +350,18 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "export":
         _export(args)
     return 0
+
+
+def _budget_line(run_dir: Path) -> str:
+    """`` (19.8 min of a 20-min budget, probe and checkpoints included)`` for a run with --budget, else ''."""
+    import json
+
+    path = run_dir / "budget_plan.json"
+    if not path.is_file():
+        return ""
+    record = json.loads(path.read_text())
+    return (f" ({record['spent_s'] / 60:.1f} min of a {record['budget_minutes']:g}-min budget, precision probe and "
+            f"checkpoints included)")
 
 
 def _export(args: argparse.Namespace) -> None:
