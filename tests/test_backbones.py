@@ -23,7 +23,7 @@ from crlf.methods import method_class
 from crlf.methods.base import is_norm_or_bias
 from crlf.models.backbones import build_backbone
 from crlf.models.timm_encoder import TimmEncoder
-from test_methods import SMALL
+from test_methods import small
 
 from conftest import REPO, make_image_folder
 
@@ -211,8 +211,10 @@ def images(tmp_path_factory):
 
 
 def pretrain(config: str, images, out, *extra: str) -> int:
+    name = load_config(REPO / "configs" / config).method.name
     return main(["pretrain", "--config", str(REPO / "configs" / config), "--data", str(images), "--out", str(out),
-                 "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--threads", "1", "--quiet", *SMALL, *extra])
+                 "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--threads", "1", "--quiet", *small(name),
+                 *extra])
 
 
 def test_fast_cpu_with_a_vit_pretrains_then_evaluate_embed_and_search_work(images, tmp_path):

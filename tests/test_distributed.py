@@ -77,7 +77,8 @@ def tiny_config(name: str):
     return apply_overrides(load_config(REPO / "configs" / "methods" / f"{name}.yaml"), {
         "data": {"image_size": 16}, "augment": {"crops": crops},
         "model": {"proj_hidden_dim": 32, "proj_out_dim": 16, "pred_hidden_dim": 16, "proj_batchnorm": True},
-        "method": {"num_prototypes": 8, "queue_size": 8, "queue_start_epoch": 0},  # SwAV's queue joins at step 2
+        "method": {k: v for k, v in {"num_prototypes": 8, "queue_size": 8, "queue_start_epoch": 0}.items()  # SwAV's
+                   if k in method_class(name).settings_type.keys()},  # queue joins at step 2; MoCo v2's: 8 keys
         "train": {"batch_size": BATCH, "channels_last": False, "compile": False, "precision": "fp32",
                   "sync_batchnorm": True}})
 

@@ -241,7 +241,8 @@ B = 4
 
 def build(name: str, num_images: int = 10**6, crops=None, batch: int = B, **method):
     overrides = {"model": {"proj_hidden_dim": 16, "proj_out_dim": 6, "pred_hidden_dim": 12},
-                 "method": {"name": name, "momentum": 0.9, "momentum_final": 0.99, **method},
+                 "method": {"name": name, **({"momentum": 0.9, "momentum_final": 0.99} if name != "simsiam" else {}),
+                            **method},
                  "train": {"batch_size": batch}}
     if name == "mocov2":
         overrides["method"].setdefault("queue_size", 3 * B)

@@ -284,7 +284,8 @@ class TinyBackbone(nn.Module):
 
 def tiny_method(cls, crops):
     cfg = apply_overrides(Config(), {"model": {"proj_hidden_dim": 16, "proj_out_dim": 8, "proj_layers": 3,
-                                               "proj_batchnorm": True}, "augment": {"crops": crops}})
+                                               "proj_batchnorm": True}, "augment": {"crops": crops},
+                                     "method": {"name": cls.name}})
     torch.manual_seed(0)
     return cls(TinyBackbone(), cfg, 100)
 

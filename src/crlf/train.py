@@ -332,7 +332,7 @@ class Trainer:
             raise TrainingStopped(
                 f"loss became {loss_value} at epoch {state.epoch + 1} step {state.step + 1} "
                 f"(global step {state.global_step + 1}, lr {self.lr:g}); training stopped before the update. "
-                f"The last good checkpoint in '{self.run_dir}' is kept. Lower --lr or raise --temperature, "
+                f"The last good checkpoint in '{self.run_dir}' is kept. {self.method.divergence_advice}, "
                 f"then resume with: {self.resume_hint}"
             )
         faults.maybe_signal(state.global_step)  # tests: a signal arriving mid-step
@@ -384,7 +384,7 @@ class Trainer:
                 raise TrainingStopped(
                     f"the weights became non-finite by global step {self.state.global_step} ('{name}' holds "
                     f"inf/nan; last loss {loss:.4g}, lr {self.lr:g}); training stopped without saving them. The "
-                    f"last good checkpoint in '{self.run_dir}' is kept. Lower --lr or raise --temperature, then "
+                    f"last good checkpoint in '{self.run_dir}' is kept. {self.method.divergence_advice}, then "
                     f"resume with: {self.resume_hint}"
                 )
 

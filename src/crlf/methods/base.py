@@ -18,14 +18,18 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
-from crlf.models.encoder import ResNetEncoder
+from crlf.methods.settings import MethodSettings
 from crlf.models.heads import mlp
+
+if TYPE_CHECKING:
+    from crlf.models.backbones import Backbone
 
 
 @dataclass(frozen=True)
@@ -114,10 +118,15 @@ class Method(nn.Module):
     from the other ranks (negatives, batch statistics, Sinkhorn scores, queue entries, the teacher's mean)."""
 
     name = "method"
+    settings_type: ClassVar[type[MethodSettings]] = MethodSettings  # its `method:` section, parsed by the config
+    title = "method"  # the paper's name for it, for the model card
+    paper: str | None = None  # the paper's address, for the model card
+    card_settings: ClassVar[tuple[str, ...]] = ()  # the settings the model card's method row shows
+    divergence_advice = "Lower --lr"  # what the loop says when the loss or the weights stop being finite
     sync_batchnorm = True  # several processes: BatchNorm over the global batch (the recipes' SyncBN) unless the config says
     ddp_find_unused_parameters = False  # True where a trainable parameter can sit a step out (frozen prototypes)
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
         super().__init__()
         self.backbone = backbone
         self.num_global = cfg.augment.crops[0].count  # the first crop spec gives the global views
@@ -161,15 +170,17 @@ class Method(nn.Module):
         return forward_backbone(self.backbone if compiled is None else compiled, views, self.channels_last)
 
 
-def projector_from(cfg: Config, in_dim: int) -> nn.Sequential:
-    """The configured projector ``(B, in_dim) -> (B, proj_out_dim)`` (``model.proj_*``)."""
+def projector_from(cfg: Config, in_dim: int, activation: str = "relu") -> nn.Sequential:
+    """The configured projector ``(B, in_dim) -> (B, D)``, ``D = model.proj_out_dim`` (``model.proj_*``): the one
+    place every method builds its projector (DINO's head with GELU, SimCLR's inside :class:`ProjectionHead`)."""
     m = cfg.model
     return mlp(in_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers, m.proj_batchnorm,
-               m.proj_last_batchnorm, m.proj_dropout)
+               m.proj_last_batchnorm, m.proj_dropout, activation)
 
 
 def predictor_from(cfg: Config) -> nn.Sequential:
-    """BYOL's / MoCo v3's predictor: ``Linear -> BN -> ReLU -> Linear``, ``(B, D) -> (B, D)``."""
+    """The predictor of BYOL, SimSiam, MoCo v3 (and NNCLR, FastSiam): ``Linear -> BN -> ReLU -> Linear``,
+    ``(B, D) -> (B, D)`` through a ``model.pred_hidden_dim`` bottleneck."""
     m = cfg.model
     return mlp(m.proj_out_dim, m.pred_hidden_dim, m.proj_out_dim, 2, batchnorm=True)
 
@@ -181,7 +192,7 @@ class MomentumMethod(Method):
     The momentum follows BYOL's cosine schedule from ``method.momentum`` to ``method.momentum_final``; it is
     a function of the step clock only, so nothing but the target weights needs saving to resume."""
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int, projector: nn.Module):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int, projector: nn.Module):
         super().__init__(backbone, cfg, num_images)
         self.projector = projector
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
