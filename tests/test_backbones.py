@@ -253,11 +253,13 @@ def test_other_backbones_pretrain_from_shipped_configs(config, extra, images, tm
 @pytest.mark.parametrize("arch, feature_dim", [("vit_small", 384), ("resnet34", 512), ("resnet50", 2048),
                                                ("timm:vit_tiny_patch16_224", 192)])
 def test_every_backbone_with_every_method(arch, feature_dim, tmp_path):
-    """Each method's config with the backbone switched: two steps each (slow: 9 methods x 4 backbones)."""
-    from crlf.methods import METHOD_NAMES
+    """Each method's config with the backbone switched: two steps each (slow: every method x 4 backbones)."""
+    from crlf.methods import METHOD_NAMES, method_class
 
     images = make_image_folder(tmp_path / "images", train_per_class=4, test_per_class=1, classes=("a", "b"))
     for name in METHOD_NAMES:
+        if method_class(name).needs_vit and not (arch.startswith("vit") or "vit" in arch):
+            continue  # MAE works on patch tokens: a ResNet is a usage error (tests/test_methods_mae.py)
         run = tmp_path / name
         assert pretrain(f"methods/{name}.yaml", images, run, "--set", f"model.arch={arch}") == 0, name
         assert load_encoder(run).feature_dim == feature_dim, name  # the published encoder is that backbone

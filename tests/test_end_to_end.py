@@ -32,7 +32,9 @@ def test_run_writes_every_artefact(tiny_run):
     for key in ("linear_top1", "knn_top1", "knn_top1_k20", "per_class_accuracy", "confusion_matrix", "data",
                 "config", "git_commit", "seed", "device", "hardware", "pretrain_time_s", "eval_time_s"):
         assert key in metrics, key
-    assert 0 <= metrics["linear_top1"] <= 1 and 0 <= metrics["knn_top1"] <= 1
+    # The three classes differ in base colour (conftest.make_image_folder): learnable by any encoder, so both probes
+    # must be far above chance (1/3); a probe fitted on shuffled labels, or test features out of order, is not.
+    assert metrics["linear_top1"] >= 0.75 and metrics["knn_top1"] >= 0.75, (metrics["linear_top1"], metrics["knn_top1"])
     assert np.asarray(metrics["confusion_matrix"]).sum() == 12  # the whole test split
     assert np.load(tiny_run / "train_embeddings.npy").shape == (36, 512)
     assert np.load(tiny_run / "test_embeddings.npy").shape == (12, 512)

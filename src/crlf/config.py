@@ -133,6 +133,9 @@ class TrainConfig:
     # TensorBoard event files in RUN/tensorboard/ (rank 0): step loss and lr, epoch figures, the kNN monitor;
     # after `crlf evaluate`, the embedding projector. Logging draws no random numbers: runs train identically.
     tensorboard: bool = True
+    # A linear classifier on the detached backbone features, trained beside the method where the training images
+    # have labels; its accuracy per epoch is online_probe_top1 (crlf.online_probe). It never changes the encoder.
+    online_probe: bool = True
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,7 @@ def _parse_method(current: MethodSettings, values: dict[str, Any], origin: str) 
         if key == "name":
             continue
         if key not in known:
-            if legacy and key in LEGACY_METHOD_KEYS or settings_type.off_values.get(key, object()) == value:
+            if (legacy and key in LEGACY_METHOD_KEYS) or settings_type.off_values.get(key, object()) == value:
                 continue
             having = [n for n in METHOD_NAMES if key in method_class(n).settings_type.keys()]
             where = f" (a setting of {', '.join(having)})" if having else ""

@@ -51,11 +51,14 @@ from crlf.methods.base import Method, StepClock
 from crlf.model_card import evaluation_gap, record_command, write_model_card
 from crlf.models.backbones import build_backbone
 from crlf.models.encoder import ResNetEncoder
+from crlf.online_probe import OnlineProbe, build_online_probe
 from crlf.optim import build_optimizer, learning_rate, set_learning_rate
 from crlf.runtime import environment_record, flush_denormals, resolve_device
 from crlf.step import train_step
 from crlf.tensorboard import training_board
 
+# The online probe's epoch sums (Progress.epoch_log_sums, so a resumed epoch keeps them): accuracy, steps scored.
+PROBE_SUMS = ("online_probe_correct_sum", "online_probe_steps")
 COLLAPSE_STD_FRACTION = 0.1  # warn when the embedding spread falls below 10 % of a uniform spread (1/sqrt(D))
 
 
@@ -217,10 +220,13 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
     if distributed.is_main():
         record_command(run_dir, command, None if checkpoint is None else f"global step {state.global_step} "
                        f"(epoch {state.epoch + 1}, step {state.step})")
+    probe = build_online_probe(cfg.train.online_probe, method.backbone.feature_dim, labels, device)
+    if probe is not None and checkpoint is not None and "probe" in checkpoint:  # older checkpoints: a fresh probe
+        probe.restore(checkpoint["probe"])
     if cfg.train.compile:
         method.compile_backbone()
     trainer = Trainer(cfg, run_dir, method, optimizer, images.to(device), labels, aug_gen, state, progress,
-                      perm_gen=perm_gen)
+                      perm_gen=perm_gen, probe=probe)
     where = lambda: f"epoch {state.epoch + 1} step {state.step + 1}"  # noqa: E731
     with trainer.board, _StopSignals() as stop, distributed.stop_on_lost_rank(where, trainer.resume_hint):
         while state.epoch < cfg.train.epochs:
@@ -251,8 +257,10 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path, method: Method, optimizer: torch.optim.Optimizer,
                  images: torch.Tensor, labels: np.ndarray, aug_gen: torch.Generator, state: Progress,
-                 progress: bool, perm_gen: torch.Generator | None = None):
+                 progress: bool, perm_gen: torch.Generator | None = None, probe: OnlineProbe | None = None):
         self.cfg, self.run_dir, self.method, self.optimizer = cfg, run_dir, method, optimizer
+        self.probe = probe  # the online linear probe (train.online_probe), None without labels
+        self.label_tensor = torch.as_tensor(labels, dtype=torch.long, device=images.device)  # (N,) -1: none
         self.images, self.labels, self.aug_gen, self.state, self.progress = images, labels, aug_gen, state, progress
         self.perm_gen = perm_gen or aug_gen  # one stream in one process; common to every rank with several
         self.model = distributed.wrap(method, cfg.train.sync_batchnorm, images.device)  # DDP with several processes
@@ -312,6 +320,10 @@ class Trainer:
             views = self.augment(self.images[idx], self.aug_gen, specs)  # [(B, 3, S, S)], global views first
             loss_value, logs = train_step(self.model, self.optimizer, views, clock, self.autocast_dtype,
                                           check_loss=self.check_loss)
+            if self.probe is not None:  # after the method's step, on its detached features: it changes none of it
+                accuracy = self.probe.step(self.method.last_features, self.label_tensor[idx])
+                if accuracy is not None:
+                    logs = {**logs, PROBE_SUMS[0]: accuracy, PROBE_SUMS[1]: 1.0}
         dt = time.perf_counter() - t0
         state.step += 1
         state.global_step += 1
@@ -340,8 +352,11 @@ class Trainer:
 
     def finish_epoch(self) -> dict[str, Any]:
         state, cfg, steps = self.state, self.cfg, self.steps_per_epoch
-        logs = {k: v / steps for k, v in state.epoch_log_sums.items()}
+        logs = {k: v / steps for k, v in state.epoch_log_sums.items() if k not in PROBE_SUMS}
         spread = logs.pop("embedding_std", float("nan"))
+        probe_sum, probe_steps = (state.epoch_log_sums.get(k, 0.0) for k in PROBE_SUMS)
+        if probe_steps:  # the mean over the steps that had labels
+            logs["online_probe_top1"] = probe_sum / probe_steps
         if distributed.is_main():  # the logs are means over the ranks: one warning is enough
             warn_if_collapsed(spread, self.method.embedding_dim, state.epoch + 1)
         record = {"epoch": state.epoch + 1, "loss": state.epoch_loss_sum / steps, "lr": self.lr,
@@ -369,7 +384,8 @@ class Trainer:
     def checkpoint_state(self) -> dict[str, Any]:
         method_state = self.method.state_dict()
         self.stop_if_not_finite(method_state)
-        return {"config": to_dict(self.cfg), "method": method_state, "optimizer": self.optimizer.state_dict(),
+        probe = {"probe": self.probe.checkpoint()} if self.probe is not None else {}
+        return {"config": to_dict(self.cfg), "method": method_state, "optimizer": self.optimizer.state_dict(), **probe,
                 "rng": rng_state(self.perm_gen), "perm": self.state.perm,
                 "step_losses": torch.tensor(self.state.step_losses, dtype=torch.float64),
                 "progress": self.state.counters(),

@@ -22,6 +22,9 @@ METHODS: dict[str, str] = {
     "vicreg": "crlf.methods.vicreg:VICReg",
     "barlowtwins": "crlf.methods.barlowtwins:BarlowTwins",
     "dino": "crlf.methods.dino:DINO",
+    "nnclr": "crlf.methods.nnclr:NNCLR",
+    "fastsiam": "crlf.methods.fastsiam:FastSiam",
+    "mae": "crlf.methods.mae:MAE",
 }
 METHOD_NAMES = tuple(METHODS)
 

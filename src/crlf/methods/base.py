@@ -110,6 +110,23 @@ def is_norm_or_bias(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 
+VIT_PARTS = ("patch_embed", "_pos_embed", "norm_pre", "blocks", "norm", "num_prefix_tokens", "embed_dim")
+
+
+def vision_transformer(backbone: nn.Module, method: str) -> nn.Module:
+    """The timm ``VisionTransformer`` inside ``backbone``, for the methods that work on patch tokens (MAE, I-JEPA);
+    any other backbone is a usage error that names the ones they accept."""
+    from crlf.errors import UsageError
+
+    model = getattr(backbone, "model", None)
+    if model is None or not all(hasattr(model, part) for part in VIT_PARTS):
+        arch = getattr(backbone, "arch", type(backbone).__name__)
+        raise UsageError(f"{method} works on the patches of a Vision Transformer; model.arch={arch} is not one. Use "
+                         f"model.arch=vit_tiny, vit_small or timm:<a ViT> (e.g. timm:vit_tiny_patch16_224), as "
+                         f"configs/methods/{method}.yaml does.")
+    return model
+
+
 class Method(nn.Module):
     """Base class of every method. Subclasses set ``name``, build their heads in ``__init__`` and implement
     ``forward``; the hooks default to doing nothing.
@@ -123,6 +140,7 @@ class Method(nn.Module):
     paper: str | None = None  # the paper's address, for the model card
     card_settings: ClassVar[tuple[str, ...]] = ()  # the settings the model card's method row shows
     divergence_advice = "Lower --lr"  # what the loop says when the loss or the weights stop being finite
+    needs_vit = False  # True: works on patch tokens, so only a ViT backbone will do (vision_transformer)
     sync_batchnorm = True  # several processes: BatchNorm over the global batch (the recipes' SyncBN) unless the config says
     ddp_find_unused_parameters = False  # True where a trainable parameter can sit a step out (frozen prototypes)
 
@@ -166,8 +184,12 @@ class Method(nn.Module):
         object.__setattr__(self, "_compiled_backbone", torch.compile(self.backbone))
 
     def backbone_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The online backbone's features of every view, ``[(B, F)]``; the first view's, detached, are kept for the
+        loop's online linear probe (:mod:`crlf.online_probe`), which then needs no backbone pass of its own."""
         compiled = self.__dict__.get("_compiled_backbone")
-        return forward_backbone(self.backbone if compiled is None else compiled, views, self.channels_last)
+        features = forward_backbone(self.backbone if compiled is None else compiled, views, self.channels_last)
+        self.last_features = features[0].detach()  # (B, F); not state: never in the state dict
+        return features
 
 
 def projector_from(cfg: Config, in_dim: int, activation: str = "relu") -> nn.Sequential:
