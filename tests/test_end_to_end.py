@@ -110,6 +110,25 @@ def test_batch_larger_than_dataset_is_a_usage_error(tmp_path, capsys):
     assert "fewer than train.batch_size" in capsys.readouterr().err
 
 
+def test_reference_entry_point_flags_reach_the_config():
+    """simclr_train.py's flags (the reference project's names) become the crlf run flags that set the recipe; the
+    slow test below runs the script itself in a new interpreter."""
+    import runpy
+
+    from crlf.cli import build_parser, train_overrides
+    from crlf.config import load_config
+
+    translate = runpy.run_path(str(REPO / "simclr_train.py"))["translate"]
+    argv = translate(["--batch_size", "8", "--epochs", "1", "--learning_rate", "0.001", "--temperature", "0.2",
+                      "--device", "cpu", "--data", "some/folder", "--out", "runs/x", "--limit", "64"])
+    args = build_parser().parse_args(argv)
+    assert args.command == "run" and args.out.as_posix() == "runs/x"
+    cfg = load_config(args.config, train_overrides(args))
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.optim.lr, cfg.method.temperature) == (8, 1, 0.001, 0.2)
+    assert (cfg.train.device, cfg.data.source, cfg.data.limit, cfg.method.name) == ("cpu", "some/folder", 64, "simclr")
+
+
+@pytest.mark.slow
 def test_reference_entry_point_script(tmp_path):
     data = make_archive(make_image_folder(tmp_path / "data", train_per_class=8, test_per_class=2), tmp_path / "d.zip")
     result = subprocess.run(

@@ -15,6 +15,8 @@ from crlf.methods.mae import MaskedPixelLoss, patchify, sincos_2d
 from crlf.models.backbones import build_backbone
 from crlf.models.encoder import ResNetEncoder
 
+from conftest import REPO
+
 
 def slow_patchify(images: torch.Tensor, p: int) -> list:
     """Patch (r, c) of image b, in row-major patch order, as the list of its pixels in (row, column, channel)."""
@@ -67,9 +69,17 @@ def build(arch: str = "vit_tiny", **method):
     return method_class("mae")(build_backbone(cfg.model, cfg.data.image_size), cfg, 64), cfg
 
 
-def test_a_resnet_is_a_usage_error_naming_the_accepted_backbones():
-    cfg = apply_overrides(Config(), {"method": {"name": "mae"}})
-    with pytest.raises(UsageError, match="model.arch=resnet18 is not one. Use model.arch=vit_tiny, vit_small"):
+def test_a_resnet_is_a_usage_error_naming_the_accepted_backbones(capsys, tmp_path):
+    message = "model.arch=resnet18 is not one. Use model.arch=vit_tiny, vit_small"
+    with pytest.raises(UsageError, match=message):  # in the config, before any data is read
+        apply_overrides(Config(), {"method": {"name": "mae"}})
+    from crlf.cli import main
+
+    assert main(["pretrain", "--config", str(REPO / "configs" / "methods" / "mae.yaml"), "--set", "model.arch=resnet18",
+                 "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+    cfg = apply_overrides(Config(), {"method": {"name": "mae"}, "model": {"arch": "vit_tiny"}})
+    with pytest.raises(UsageError, match=message):  # and in the method, whatever backbone it is handed
         method_class("mae")(ResNetEncoder("resnet18"), cfg, 64)
 
 
@@ -100,4 +110,4 @@ def test_mae_settings_are_checked():
     for key, value, match in (("mask_ratio", 1.0, "mask_ratio must be in"), ("decoder_dim", 30, "multiple of 4"),
                               ("decoder_depth", 0, "decoder_depth must be >= 1")):
         with pytest.raises(UsageError, match=match):
-            apply_overrides(Config(), {"method": {"name": "mae", key: value}})
+            apply_overrides(Config(), {"method": {"name": "mae", key: value}, "model": {"arch": "vit_tiny"}})

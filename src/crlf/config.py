@@ -405,6 +405,7 @@ def validate(cfg: Config) -> None:
     _check(o.lars_eta > 0, f"optim.lars_eta must be > 0 (got {o.lars_eta}).")
     _validate_crops(cfg)
     cfg.method.validate()  # the method's own checks, in its file
+    _validate_backbone_for_method(cfg)
     _check(cfg.eval.knn_k >= 1, "eval.knn_k must be >= 1.")
     _check(cfg.eval.knn_temperature > 0, "eval.knn_temperature must be > 0.")
 
@@ -427,6 +428,17 @@ def _validate_crops(cfg: Config) -> None:
 
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small")  # and timm:<name>
+
+
+def _validate_backbone_for_method(cfg: Config) -> None:
+    """A method that works on patch tokens (MAE) with a ResNet: said now, before any data is decoded. (A timm:<name>
+    arch is checked when the backbone is built: only the model itself says whether it is a ViT.)"""
+    from crlf.methods import method_class
+
+    if method_class(cfg.method.name).needs_vit and cfg.model.arch.startswith("resnet"):
+        raise UsageError(f"{cfg.method.name} works on the patches of a Vision Transformer; model.arch="
+                         f"{cfg.model.arch} is not one. Use model.arch=vit_tiny, vit_small or timm:<a ViT> (e.g. "
+                         f"timm:vit_tiny_patch16_224), as configs/methods/{cfg.method.name}.yaml does.")
 
 
 def _validate_model(cfg: Config) -> None:
