@@ -214,6 +214,7 @@ def test_mixup_cutmix_give_soft_targets():
         build_mix("cutout", 3)
 
 
+@pytest.mark.slow  # two fine-tunings on a CPU; their parts are tested fast above, the flags' help below
 def test_evaluate_finetune_and_supervised_baseline_flags(tiny_run, tmp_path, capsys):
     import json
     import shutil
