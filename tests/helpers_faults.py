@@ -186,13 +186,22 @@ def assert_same_run(run: Path, reference: dict) -> None:
     different = [k for k, v in state["method"].items() if not torch.equal(v, reference["method"][k])]
     assert not different, f"checkpoint method state: {len(different)} tensors differ, e.g. {different[:3]}"
     assert state["progress"]["global_step"] == len(reference["losses"])
+    # The online linear probe's per-epoch accuracy (its weights and optimiser are in the checkpoint): the same too.
+    assert probe_history(run) == reference.get("probe", probe_history(run)), (probe_history(run), reference["probe"])
+
+
+def probe_history(run: Path) -> list:
+    import json
+
+    return [json.loads(line).get("online_probe_top1") for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def load_reference(run: Path) -> dict:
     from crlf.checkpoint import LATEST, load_checkpoint_file
 
     state = load_checkpoint_file(run / LATEST)
-    return {"weights": run_weights(run), "losses": step_losses(run), "method": state["method"]}
+    return {"weights": run_weights(run), "losses": step_losses(run), "method": state["method"],
+            "probe": probe_history(run)}
 
 
 def drop_large_files(folder: Path, limit: int = 1 << 20) -> None:

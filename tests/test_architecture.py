@@ -60,9 +60,15 @@ def test_no_import_cycles_between_crlf_modules():
     assert cycles(graph) == []
 
 
-def test_reading_a_config_does_not_import_torch():
-    """``crlf --help`` and config validation (which checks method names) stay fast: no torch import."""
-    code = ("import sys; from crlf.config import load_config; load_config(None, {'method': {'name': 'byol'}}); "
-            "print('torch' in sys.modules)")
+def test_help_does_not_import_torch_and_a_config_imports_only_the_files_of_its_method():
+    """``crlf --help`` stays fast: no torch import. Reading a config parses its ``method:`` section with the
+    settings class in the method's own file, so it imports that file (and torch), the default method's (SimCLR,
+    the reference recipe) and what every method shares, but no other method's."""
+    code = "import sys; from crlf.cli import build_parser; build_parser().format_help(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+    code = ("import sys; from crlf.config import load_config; load_config(None, {'method': {'name': 'byol'}}); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('crlf.methods.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["crlf.methods.base", "crlf.methods.byol", "crlf.methods.settings",
+                                  "crlf.methods.simclr"]

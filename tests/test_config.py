@@ -99,3 +99,55 @@ def test_exponent_notation_without_a_dot_is_a_number(tmp_path):
     assert load_config(None, train_overrides(args)).optim.weight_decay == 1e-5
     with pytest.raises(UsageError, match="must be a number"):
         apply_overrides(Config(), {"optim": {"lr": "fast"}})
+
+
+# -- each method's own settings -------------------------------------------------------------------------------
+
+def test_every_shipped_config_loads_and_round_trips():
+    for path in sorted((SEED_CONFIG.parent).rglob("*.yaml")):
+        cfg = load_config(path)
+        assert apply_overrides(Config(), to_dict(cfg)) == cfg, path
+        assert set(to_dict(cfg)["method"]) == {"name", *type(cfg.method).keys()}, path  # only its own keys
+
+
+def test_a_run_folder_from_before_per_method_settings_still_loads(tmp_path):
+    """config.yaml / a checkpoint written with the one flat method section (all 18 keys): the keys the method
+    did not read are dropped (that run ignored them), the ones it read keep their values."""
+    flat = {"name": "byol", "temperature": 0.07, "momentum": 0.98, "momentum_final": 1.0, "queue_size": 0,
+            "queue_start_epoch": 0.0, "num_prototypes": 3000, "sinkhorn_epsilon": 0.05, "sinkhorn_iterations": 3,
+            "freeze_prototypes_epochs": 0.0, "sim_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0,
+            "redundancy_weight": 0.0051, "loss_scale": 1.0, "teacher_temperature": 0.04,
+            "warmup_teacher_temperature": 0.04, "warmup_teacher_epochs": 0.0, "center_momentum": 0.9}
+    cfg = apply_overrides(Config(), {"method": flat})
+    assert to_dict(cfg)["method"] == {"name": "byol", "momentum": 0.98, "momentum_final": 1.0}
+    partial = {k: v for k, v in flat.items() if k != "center_momentum"}  # written by hand: strict
+    with pytest.raises(UsageError, match="method 'byol' has no setting 'temperature'"):
+        apply_overrides(Config(), {"method": partial})
+
+
+def test_queue_size_0_is_accepted_by_methods_without_a_queue_and_nothing_else_is():
+    assert to_dict(apply_overrides(Config(), {"method": {"name": "simsiam", "queue_size": 0}}))["method"] == {
+        "name": "simsiam"}
+    with pytest.raises(UsageError, match="method 'simsiam' has no setting 'queue_size'"):
+        apply_overrides(Config(), {"method": {"name": "simsiam", "queue_size": 64}})
+
+
+def test_naming_another_method_starts_from_its_defaults():
+    cfg = load_config(SEED_CONFIG, {"method": {"name": "vicreg", "var_weight": 50}})  # seed.yaml set a temperature
+    assert to_dict(cfg)["method"] == {"name": "vicreg", "sim_weight": 25.0, "var_weight": 50.0, "cov_weight": 1.0}
+
+
+@pytest.mark.parametrize("name", ["byol", "simsiam", "vicreg", "barlowtwins"])
+def test_temperature_flag_for_a_method_without_one_exits_2(name, capsys, tmp_path):
+    code = main(["pretrain", "--set", f"method.name={name}", "--temperature", "0.2", "--out", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"method '{name}' has no setting 'temperature'" in err and "a setting of simclr" in err
+
+
+def test_temperature_flag_sets_the_temperature_of_methods_that_have_one():
+    from crlf.cli import build_parser, train_overrides
+
+    for name in ("simclr", "mocov3", "swav", "dino"):
+        args = build_parser().parse_args(["pretrain", "--set", f"method.name={name}", "--temperature", "0.3"])
+        assert load_config(None, train_overrides(args)).method.temperature == 0.3

@@ -1,7 +1,7 @@
 """Several processes (gloo, 2 ranks on this CPU): every method's distributed step equals the single-process step
 on the same global batch and the same views, and `crlf pretrain --nproc 2` resumes, stops and fails as promised.
 
-The equality test runs the nine methods in one process group of 2 ranks forked from this process (torch
+The equality test runs every registered method in one process group of 2 ranks forked from this process (torch
 already imported), each with a small conv net as backbone: the methods' cross-process logic (gathered
 negatives with their gradient, Sinkhorn on gathered scores, queues fed from every rank, the DINO centre,
 global BatchNorm) is under test, not the ResNet. A deliberately wrong gather (backward: the local slice only)
@@ -34,6 +34,7 @@ from crlf.checkpoint import LATEST, load_checkpoint_file
 from crlf.config import apply_overrides, load_config
 from crlf.methods import METHOD_NAMES, method_class
 from crlf.methods.base import StepClock
+from crlf.models.timm_encoder import vit_encoder
 from crlf.optim import build_optimizer
 from crlf.step import train_step
 from test_methods import EVERY_3, SMALL
@@ -56,6 +57,7 @@ WORLD = 2
 BATCH = 8  # the global batch: 4 images per rank
 CLOCKS = (StepClock(0.0, 10), StepClock(5.0, 10))  # step 1: prototypes / last layer frozen; step 2: not
 MULTI_CROP = ("swav", "dino")  # 2 global views of 16 px and 2 local ones of 8 px; the others: 2 views of 16 px
+MANY_VIEWS = ("fastsiam",)  # 3 global views of 16 px (it needs at least 3)
 
 
 class TinyBackbone(nn.Module):
@@ -74,11 +76,13 @@ class TinyBackbone(nn.Module):
 
 
 def tiny_config(name: str):
-    crops = [{"count": 2}, {"size": 8, "count": 2}] if name in MULTI_CROP else [{"count": 2}]
+    crops = ([{"count": 2}, {"size": 8, "count": 2}] if name in MULTI_CROP else
+             [{"count": 3}] if name in MANY_VIEWS else [{"count": 2}])
     return apply_overrides(load_config(REPO / "configs" / "methods" / f"{name}.yaml"), {
         "data": {"image_size": 16}, "augment": {"crops": crops},
         "model": {"proj_hidden_dim": 32, "proj_out_dim": 16, "pred_hidden_dim": 16, "proj_batchnorm": True},
-        "method": {"num_prototypes": 8, "queue_size": 8, "queue_start_epoch": 0},  # SwAV's queue joins at step 2
+        "method": {k: v for k, v in {"num_prototypes": 8, "queue_size": 8, "queue_start_epoch": 0}.items()  # SwAV's
+                   if k in method_class(name).settings_type.keys()},  # queue joins at step 2; MoCo v2's: 8 keys
         "train": {"batch_size": BATCH, "channels_last": False, "compile": False, "precision": "fp32",
                   "sync_batchnorm": True}})
 
@@ -86,7 +90,7 @@ def tiny_config(name: str):
 def global_views(name: str, step: int) -> list[torch.Tensor]:
     """The views of the global batch at ``step``, the same in every process: ``[(BATCH, 3, S, S)]``."""
     gen = torch.Generator().manual_seed(100 + step)
-    sizes = [16, 16, 8, 8] if name in MULTI_CROP else [16, 16]
+    sizes = [16, 16, 8, 8] if name in MULTI_CROP else [16, 16, 16] if name in MANY_VIEWS else [16, 16]
     return [torch.randn(BATCH, 3, s, s, generator=gen) for s in sizes]
 
 
@@ -95,7 +99,10 @@ def run_steps(name: str) -> dict:
     whole batch, or, in a process group, DDP on this rank's slice of it."""
     torch.manual_seed(0)
     cfg = tiny_config(name)
-    method = method_class(name)(TinyBackbone(), cfg, 64)
+    cls = method_class(name)
+    # A ViT-Tiny with 4x4 patches of 4 px for the methods that need patch tokens (MAE), the small conv net otherwise.
+    backbone = vit_encoder("vit_tiny", 16, 4) if cls.needs_vit else TinyBackbone()
+    method = cls(backbone, cfg, 64)
     optimizer = build_optimizer(cfg, method.param_groups(cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm))
     model = distributed.wrap(method, cfg.train.sync_batchnorm, torch.device("cpu"))
     model.train()

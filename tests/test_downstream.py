@@ -183,7 +183,7 @@ def test_run_metrics_json_has_the_new_sections(tiny_run):
     assert m["protocol"]["train_test_overlap"]["duplicates"] == 0
     assert m["protocol"]["train_test_overlap"]["test_images_checked"] == 12
     assert set(m["retrieval"]) >= {"recall@1", "recall@5", "recall@10", "mAP"}
-    assert 0 <= m["clustering"]["nmi"] <= 1
+    assert m["clustering"]["nmi"] >= 0.5  # 3 colour classes: k-means finds them (chance-level clusters give ~0)
     assert m["label_efficiency"]["fractions"]["100%"]["linear_top1"] == m["linear_top1"]
 
 
@@ -214,6 +214,7 @@ def test_mixup_cutmix_give_soft_targets():
         build_mix("cutout", 3)
 
 
+@pytest.mark.slow  # two fine-tunings on a CPU; their parts are tested fast above, the flags' help below
 def test_evaluate_finetune_and_supervised_baseline_flags(tiny_run, tmp_path, capsys):
     import json
     import shutil

@@ -63,3 +63,27 @@ def test_trimmed_taps_compute_the_same_function_as_torchvision(size):
     ref_params = dict(ref.named_parameters())
     for name, p in enc.named_parameters():
         torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("loader", ["from_pretrained", "load_encoder"])
+def test_both_ways_of_loading_a_resnet_give_the_same_checks(loader, tmp_path):
+    """ResNetEncoder.from_pretrained and crlf.load_encoder share their checks: a broken config.json, and weights
+    that do not fit the arch config.json names, are usage errors naming the file (not a traceback)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from crlf import load_encoder
+    from crlf.errors import UsageError
+
+    load = ResNetEncoder.from_pretrained if loader == "from_pretrained" else load_encoder
+    (tmp_path / "config.json").write_text("{not json")
+    save_file({k: v.contiguous() for k, v in ResNetEncoder("resnet18").state_dict().items()},
+              str(tmp_path / "encoder.safetensors"))
+    with pytest.raises(UsageError, match="config.json' is not valid JSON"):
+        load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "resnet50", "stem": "imagenet"}))
+    with pytest.raises(UsageError, match="does not fit the resnet50"):
+        load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "resnet18", "stem": "imagenet"}))
+    assert load(tmp_path)(torch.randn(1, 3, 32, 32)).shape == (1, 512)

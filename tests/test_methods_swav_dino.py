@@ -437,7 +437,7 @@ def test_methods_under_bf16_autocast_with_multi_crop(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, logs = method(make_views(local=2))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert 0 < logs["embedding_std"] <= 1
+    assert 0 < logs["embedding_std"] <= 1 / math.sqrt(method.embedding_dim) + 1e-6  # the bound of unit rows
     loss.backward()
     grads = [p.grad for p in method.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)

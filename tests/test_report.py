@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from crlf.cli import main
+from crlf.plots import umap_available
 from crlf.reports.report import PLOTS, SECTIONS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
@@ -27,7 +28,10 @@ def test_run_writes_a_self_contained_report(tiny_run):
     for section in SECTIONS:
         assert f'id="{section}"' in page, section
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert len(images) == len(PLOTS)  # loss, label efficiency, PCA, t-SNE, confusion matrix, neighbours
+    # loss, label efficiency, PCA, t-SNE, confusion matrix, neighbours; UMAP where umap-learn is installed
+    assert len(images) == len(PLOTS) - (not umap_available())
+    assert (tiny_run / "plots" / "umap_embedding.png").is_file() == umap_available()
+    assert "online linear probe, last epoch" in page  # the tiny run's images have labels: the probe ran
     assert all(src.startswith("data:image/png;base64,") for src in images)  # nothing to fetch
     assert not re.search(r'(src|href)="(?!data:)', page)  # no external file, script or style
     metrics = json.loads((tiny_run / "metrics.json").read_text())

@@ -65,7 +65,9 @@ def test_two_default_views_equal_the_first_two_views_of_a_multi_crop_spec():
     ({"augment": {"crops": MULTI_CROP, "backend": "pil"}}, "use the tensor backend for multi-crop"),
     ({"method": {"name": "simclrr"}}, "Did you mean 'simclr'"),
     ({"method": {"name": "mocov4"}}, "method.name must be one of simclr, mocov2, mocov3"),
-    ({"method": {"momentum": 1.2}}, "momentum_final <= 1"),
+    ({"method": {"name": "byol", "momentum": 1.2}}, "momentum_final <= 1"),
+    ({"method": {"momentum": 0.9}}, "method 'simclr' has no setting 'momentum' (a setting of mocov2, mocov3, byol"),
+    ({"method": {"name": "byol", "momentun": 0.9}}, "Did you mean 'momentum'"),
     ({"optim": {"name": "lamb"}}, "optim.name must be one of adam, adamw, sgd, lars"),
 ])
 def test_bad_crop_and_method_settings_are_usage_errors(overrides, message):

@@ -77,7 +77,9 @@ def _add_train_flags(p: argparse.ArgumentParser, with_out: bool = True) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--temperature", type=float)
+    p.add_argument("--temperature", type=float,
+                   help="method.temperature, for the methods that have one (simclr, mocov2, mocov3, swav, dino, "
+                        "nnclr); any other method: an error")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="class-balanced subset of N training images")

@@ -1,4 +1,4 @@
-"""The one place defaults live.
+"""The one place defaults live, except each method's own: those are in its file (``crlf/methods/``).
 
 A config is a tree of frozen dataclasses. YAML files override the defaults, command-line flags override
 the YAML, and every override goes through :func:`apply_overrides`, which rejects unknown keys (with a
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from crlf.errors import UsageError
+from crlf.methods.settings import MethodSettings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,39 +90,11 @@ class ModelConfig:
     pred_hidden_dim: int = 512
 
 
-@dataclass(frozen=True)
-class MethodConfig:
-    """The method and its own hyper-parameters; each key says which methods read it."""
+def _default_method() -> MethodSettings:
+    """SimCLR's settings, the reference recipe's method (imported on first use: method files import torch)."""
+    from crlf.methods import method_class
 
-    name: str = "simclr"  # simclr | mocov2 | mocov3 | byol | simsiam | swav | vicreg | barlowtwins | dino
-    temperature: float = 0.07  # simclr, mocov2, mocov3, swav (softmax of prototype scores), dino (student)
-    # Momentum target (mocov2, mocov3, byol, dino): EMA momentum from `momentum` to `momentum_final`
-    # on a cosine schedule over training (BYOL, Grill et al., 2020).
-    momentum: float = 0.99
-    momentum_final: float = 1.0
-    # mocov2: negatives queue length; swav: how many past embeddings join the Sinkhorn batch. Fitted down
-    # (with a warning) when the training set is too small for it. 0 = no queue.
-    queue_size: int = 0  # mocov2 needs one (> 0)
-    queue_start_epoch: float = 0.0  # swav: start using the queue after this many epochs
-    # swav: prototypes; dino: output dimension of the head (its "prototypes").
-    num_prototypes: int = 3000
-    sinkhorn_epsilon: float = 0.05  # swav
-    sinkhorn_iterations: int = 3  # swav
-    # swav: the prototypes get no update for this many epochs; dino: nor does the head's last layer
-    freeze_prototypes_epochs: float = 0.0
-    # vicreg: weights of the invariance, variance and covariance terms (Bardes et al., 2022)
-    sim_weight: float = 25.0
-    var_weight: float = 25.0
-    cov_weight: float = 1.0
-    # barlowtwins: weight of the off-diagonal (redundancy) terms, lambda in Zbontar et al., 2021, and a factor
-    # on the whole loss (solo-learn's CIFAR recipe: 0.1; it matters with LARS and weight decay, not Adam)
-    redundancy_weight: float = 0.0051
-    loss_scale: float = 1.0
-    # dino: teacher temperature, warmed up linearly from warmup_teacher_temperature; centre momentum
-    teacher_temperature: float = 0.04
-    warmup_teacher_temperature: float = 0.04
-    warmup_teacher_epochs: float = 0.0
-    center_momentum: float = 0.9
+    return method_class("simclr").settings_type()
 
 
 @dataclass(frozen=True)
@@ -166,6 +139,9 @@ class TrainConfig:
     # TensorBoard event files in RUN/tensorboard/ (rank 0): step loss and lr, epoch figures, the kNN monitor;
     # after `crlf evaluate`, the embedding projector. Logging draws no random numbers: runs train identically.
     tensorboard: bool = True
+    # A linear classifier on the detached backbone features, trained beside the method where the training images
+    # have labels; its accuracy per epoch is online_probe_top1 (crlf.online_probe). It never changes the encoder.
+    online_probe: bool = True
 
 
 @dataclass(frozen=True)
@@ -181,7 +157,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    # The method's own settings dataclass (crlf.methods.<file>), chosen by method.name: see _parse_method.
+    method: MethodSettings = field(default_factory=_default_method)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -285,6 +262,9 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], origin: str = "confi
         section = getattr(cfg, section_name)
         if not isinstance(values, dict):
             raise UsageError(f"section '{section_name}' in {origin} must be a mapping of keys to values.")
+        if section_name == "method":
+            changes[section_name] = _parse_method(section, values, origin)
+            continue
         fields_by_name = {f.name: f for f in dataclasses.fields(section)}
         updates = {}
         for key, value in values.items():
@@ -297,6 +277,51 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], origin: str = "confi
     new = dataclasses.replace(cfg, **changes)
     validate(new)
     return new
+
+
+# The keys of the one flat method section before each method declared its own settings: a run folder's
+# config.yaml or a checkpoint written then holds all of them, so such a section is read by dropping the keys its
+# method did not read (that run ignored them too). A section written by hand never holds all eighteen.
+LEGACY_METHOD_KEYS = frozenset((
+    "temperature", "momentum", "momentum_final", "queue_size", "queue_start_epoch", "num_prototypes",
+    "sinkhorn_epsilon", "sinkhorn_iterations", "freeze_prototypes_epochs", "sim_weight", "var_weight", "cov_weight",
+    "redundancy_weight", "loss_scale", "teacher_temperature", "warmup_teacher_temperature", "warmup_teacher_epochs",
+    "center_momentum"))
+
+
+def _parse_method(current: MethodSettings, values: dict[str, Any], origin: str) -> MethodSettings:
+    """The ``method:`` section parsed by the settings class of the method it names (or, without a name, of the
+    current method): keys are checked against that method's own keys. Naming another method starts from its
+    defaults: what an earlier file set for the previous method does not carry over."""
+    from crlf.methods import METHOD_NAMES, method_class
+
+    name = str(values.get("name", current.name))
+    _check_choice(name, METHOD_NAMES, "method.name")
+    settings_type = method_class(name).settings_type
+    base = current if name == current.name else settings_type()
+    known = settings_type.keys()
+    legacy = LEGACY_METHOD_KEYS <= values.keys()
+    fields_by_name = {f.name: f for f in dataclasses.fields(settings_type)}
+    updates = {}
+    for key, value in values.items():
+        if key == "name":
+            continue
+        if key not in known:
+            if (legacy and key in LEGACY_METHOD_KEYS) or settings_type.off_values.get(key, object()) == value:
+                continue
+            having = [n for n in METHOD_NAMES if key in method_class(n).settings_type.keys()]
+            where = f" (a setting of {', '.join(having)})" if having else ""
+            listed = ", ".join(known) if known else "none"
+            hint = f" Did you mean '{close}'?" if (close := _close(key, known)) else ""
+            raise UsageError(f"unknown key 'method.{key}' in {origin}: method '{name}' has no setting '{key}'"
+                             f"{where}. Its settings: {listed}.{hint}")
+        updates[key] = _coerce("method", fields_by_name[key], value)
+    return dataclasses.replace(base, **updates)
+
+
+def _close(word: str, choices: list[str]) -> str | None:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -350,7 +375,6 @@ def validate(cfg: Config) -> None:
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay}).")
     _check(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum}).")
     _check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {o.warmup_epochs}).")
-    _check(cfg.method.temperature > 0, f"method.temperature must be > 0 (got {cfg.method.temperature}); try 0.07-0.5.")
     _check(t.batch_size >= 2, f"train.batch_size must be >= 2 (got {t.batch_size}): every method uses batch "
                               f"statistics or negatives.")
     _check(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs}).")
@@ -370,9 +394,6 @@ def validate(cfg: Config) -> None:
     _check_choice(d.storage, ("auto", "memory", "memmap"), "data.storage")
     _check_choice(a.backend, ("tensor", "pil"), "augment.backend")
     _validate_model(cfg)
-    from crlf.methods import METHOD_NAMES  # names only: importing a method would import torch
-
-    _check_choice(cfg.method.name, METHOD_NAMES, "method.name")
     _check_choice(o.name, ("adam", "adamw", "sgd", "lars"), "optim.name")
     _check_choice(o.schedule, ("constant", "cosine"), "optim.schedule")
     _check_choice(t.precision, ("fp32", "bf16", "auto"), "train.precision")
@@ -395,7 +416,8 @@ def validate(cfg: Config) -> None:
     _check(m.pred_hidden_dim >= 1, f"model.pred_hidden_dim must be >= 1 (got {m.pred_hidden_dim}).")
     _check(o.lars_eta > 0, f"optim.lars_eta must be > 0 (got {o.lars_eta}).")
     _validate_crops(cfg)
-    _validate_method(cfg.method)
+    cfg.method.validate()  # the method's own checks, in its file
+    _validate_backbone_for_method(cfg)
     _check(cfg.eval.knn_k >= 1, "eval.knn_k must be >= 1.")
     _check(cfg.eval.knn_temperature > 0, "eval.knn_temperature must be > 0.")
 
@@ -418,6 +440,17 @@ def _validate_crops(cfg: Config) -> None:
 
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small")  # and timm:<name>
+
+
+def _validate_backbone_for_method(cfg: Config) -> None:
+    """A method that works on patch tokens (MAE) with a ResNet: said now, before any data is decoded. (A timm:<name>
+    arch is checked when the backbone is built: only the model itself says whether it is a ViT.)"""
+    from crlf.methods import method_class
+
+    if method_class(cfg.method.name).needs_vit and cfg.model.arch.startswith("resnet"):
+        raise UsageError(f"{cfg.method.name} works on the patches of a Vision Transformer; model.arch="
+                         f"{cfg.model.arch} is not one. Use model.arch=vit_tiny, vit_small or timm:<a ViT> (e.g. "
+                         f"timm:vit_tiny_patch16_224), as configs/methods/{cfg.method.name}.yaml does.")
 
 
 def _validate_model(cfg: Config) -> None:
@@ -454,22 +487,3 @@ def _check_timm_name(name: str) -> None:
         close = difflib.get_close_matches(name, timm.list_models(), n=1)
         hint = f" Did you mean 'timm:{close[0]}'?" if close else " See timm.list_models() for the names."
         raise UsageError(f"model.arch 'timm:{name}': timm {timm.__version__} has no model '{name}'.{hint}")
-
-
-def _validate_method(m: MethodConfig) -> None:
-    _check(0 <= m.momentum <= m.momentum_final <= 1,
-           f"method.momentum and momentum_final must satisfy 0 <= momentum <= momentum_final <= 1 "
-           f"(got {m.momentum}, {m.momentum_final}); try 0.99 and 1.0.")
-    _check(m.queue_size >= 0, f"method.queue_size must be >= 0 (got {m.queue_size}).")
-    _check(m.queue_start_epoch >= 0, "method.queue_start_epoch must be >= 0.")
-    _check(m.num_prototypes >= 2, f"method.num_prototypes must be >= 2 (got {m.num_prototypes}).")
-    _check(m.sinkhorn_epsilon > 0, f"method.sinkhorn_epsilon must be > 0 (got {m.sinkhorn_epsilon}); try 0.05.")
-    _check(m.sinkhorn_iterations >= 1, "method.sinkhorn_iterations must be >= 1.")
-    _check(m.freeze_prototypes_epochs >= 0, "method.freeze_prototypes_epochs must be >= 0.")
-    _check(m.loss_scale > 0, f"method.loss_scale must be > 0 (got {m.loss_scale}).")
-    for key in ("sim_weight", "var_weight", "cov_weight", "redundancy_weight"):
-        _check(getattr(m, key) >= 0, f"method.{key} must be >= 0 (got {getattr(m, key)}).")
-    _check(m.teacher_temperature > 0 and m.warmup_teacher_temperature > 0,
-           "method.teacher_temperature and warmup_teacher_temperature must be > 0; try 0.04.")
-    _check(m.warmup_teacher_epochs >= 0, "method.warmup_teacher_epochs must be >= 0.")
-    _check(0 <= m.center_momentum < 1, f"method.center_momentum must be in [0, 1) (got {m.center_momentum}).")

@@ -17,21 +17,11 @@ from typing import Any
 
 from crlf.config import Config, load_run_config
 from crlf.io import atomic_write_json, atomic_write_text
+from crlf.methods import method_class
 from crlf.run_files import read_history
 
 CARD = "README.md"
 COMMAND = "command.json"
-PAPERS = {  # method.name -> (name, paper)
-    "simclr": ("SimCLR", "https://arxiv.org/abs/2002.05709"),
-    "mocov2": ("MoCo v2", "https://arxiv.org/abs/2003.04297"),
-    "mocov3": ("MoCo v3", "https://arxiv.org/abs/2104.02057"),
-    "byol": ("BYOL", "https://arxiv.org/abs/2006.07733"),
-    "simsiam": ("SimSiam", "https://arxiv.org/abs/2011.10566"),
-    "swav": ("SwAV", "https://arxiv.org/abs/2006.09882"),
-    "vicreg": ("VICReg", "https://arxiv.org/abs/2105.04906"),
-    "barlowtwins": ("Barlow Twins", "https://arxiv.org/abs/2103.03230"),
-    "dino": ("DINO", "https://arxiv.org/abs/2104.14294"),
-}
 HUB_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100"}  # data.source -> a dataset id on the Hub
 
 
@@ -72,7 +62,8 @@ def model_card(run_dir: Path, not_evaluable: str | None = None) -> str:
     metrics = _read_json(run_dir / "metrics.json")
     history = read_history(run_dir)
     command = _read_json(run_dir / COMMAND)
-    method, paper = PAPERS.get(cfg.method.name, (cfg.method.name, None))
+    method_type = method_class(cfg.method.name)  # its paper and the settings its row shows
+    method, paper = method_type.title, method_type.paper
     arch = meta.get("arch", cfg.model.arch)
     data = meta.get("data") or cfg.data.source
     title = f"{arch} encoder pretrained with {method} on {data}"
@@ -81,7 +72,7 @@ def model_card(run_dir: Path, not_evaluable: str | None = None) -> str:
                 f"images `(B, 3, {meta.get('image_size', cfg.data.image_size)}, "
                 f"{meta.get('image_size', cfg.data.image_size)})` -> features "
                 f"`(B, {meta.get('feature_dim', '?')})`.\n",
-                _summary_table(cfg, meta, history, method, paper), _evaluation(run_dir, metrics, history, not_evaluable),
+                _summary_table(cfg, meta, history, method, paper, method_type.card_settings), _evaluation(run_dir, metrics, history, not_evaluable),
                 _how_made(command), _use_it(run_dir, cfg, meta), _files()]
     return "\n".join(s for s in sections if s)
 
@@ -115,11 +106,11 @@ def precision_and_budget_rows(meta: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _summary_table(cfg: Config, meta: dict, history: list[dict], method: str, paper: str | None) -> str:
+def _summary_table(cfg: Config, meta: dict, history: list[dict], method: str, paper: str | None,
+                   card_settings: tuple[str, ...] = ()) -> str:
     t, o, m = cfg.train, cfg.optim, cfg.model
     method_cell = f"[{method}]({paper})" if paper else method
-    if cfg.method.name in ("simclr", "mocov2", "mocov3", "swav", "dino"):
-        method_cell += f", temperature {cfg.method.temperature:g}"
+    method_cell += "".join(f", {key.replace('_', ' ')} {getattr(cfg.method, key):g}" for key in card_settings)
     backbone = meta.get("arch", m.arch)
     if "stem" in meta:
         backbone += f", {meta['stem']} stem"

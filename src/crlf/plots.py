@@ -1,5 +1,5 @@
-"""Figures of a run (matplotlib, headless): loss curve, PCA and t-SNE of the test embeddings, confusion matrix,
-label efficiency, and a grid of nearest neighbours."""
+"""Figures of a run (matplotlib, headless): loss curve, PCA, t-SNE and (with the ``plots`` extra) UMAP of the test
+embeddings, confusion matrix, label efficiency, and a grid of nearest neighbours."""
 
 from __future__ import annotations
 
@@ -39,13 +39,17 @@ def loss_curve(history: list[dict], step_losses: np.ndarray | None, path: Path, 
     ax.set_ylabel("NT-Xent loss")
     ax.grid(alpha=0.3)
     knn = [(r["epoch"], r["knn_top1"]) for r in history if r.get("knn_top1") is not None]
-    if knn:  # the online kNN monitor, on a second axis
+    probe = [(r["epoch"], r["online_probe_top1"]) for r in history if r.get("online_probe_top1") is not None]
+    if knn or probe:  # the online kNN monitor and the online linear probe, on a second axis
         ax2 = ax.twinx()
-        ax2.plot(*zip(*knn), "s--", color="tab:orange", label="kNN top-1 (monitor)")
-        ax2.set_ylabel("kNN top-1")
+        if knn:
+            ax2.plot(*zip(*knn), "s--", color="tab:orange", label="kNN top-1 (monitor)")
+        if probe:
+            ax2.plot(*zip(*probe), "^:", color="tab:green", label="online linear probe top-1 (training batches)")
+        ax2.set_ylabel("top-1")
         ax2.set_ylim(0, 1)
         ax2.legend(loc="upper right")
-    ax.legend(loc="upper left" if knn else "best")
+    ax.legend(loc="upper left" if knn or probe else "best")
     ax.set_title(title or "Pretraining loss")
     return _save(fig, path)
 
@@ -85,6 +89,28 @@ def tsne_embedding(emb: np.ndarray, labels: np.ndarray, classes: list[str], path
     return _scatter(points, labels[idx], classes, f"t-SNE, {note}\n{data}", path)
 
 
+def umap_available() -> bool:
+    """UMAP is an optional extra (``pip install -e '.[plots]'``: umap-learn, which brings numba)."""
+    import importlib.util
+
+    return importlib.util.find_spec("umap") is not None
+
+
+def umap_embedding(emb: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, data: str = "",
+                   max_points: int = 2000, seed: int = 0) -> Path:
+    """UMAP (McInnes et al., 2018) of a random subsample, like the t-SNE figure: it keeps more of the global
+    layout (how far apart the clusters are) than t-SNE does. Cosine distances, as the kNN evaluation uses."""
+    import umap  # the optional extra: callers check umap_available() first
+
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(emb), size=min(max_points, len(emb)), replace=False))
+    neighbours = min(15, len(idx) - 1)  # umap needs fewer neighbours than points
+    points = umap.UMAP(n_components=2, n_neighbors=max(2, neighbours), metric="cosine", random_state=seed,
+                       n_jobs=1).fit_transform(emb[idx])
+    note = f"random subsample of {len(idx):,} of {len(emb):,} test embeddings" if len(idx) < len(emb) else f"{len(idx):,} test embeddings"
+    return _scatter(points, labels[idx], classes, f"UMAP, {note}\n{data}", path)
+
+
 def confusion_matrix_plot(cm: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 6))
     few = len(classes) <= LEGEND_MAX_CLASSES
@@ -118,6 +144,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     emb, labels = load_array(run_dir / "test_embeddings.npy"), load_array(run_dir / "test_labels.npy")
     written.append(pca_embedding(emb, labels, classes, plots / "pca_embedding.png", data))
     written.append(tsne_embedding(emb, labels, classes, plots / "tsne_embedding.png", data))
+    if umap_available():  # the optional extra; without it the other figures are written as before
+        written.append(umap_embedding(emb, labels, classes, plots / "umap_embedding.png", data))
     title = f"Linear probe on {data}: top-1 {metrics['linear_top1']:.1%}"
     written.append(confusion_matrix_plot(np.asarray(metrics["confusion_matrix"]), classes,
                                          plots / "confusion_matrix.png", title))

@@ -49,6 +49,7 @@ from crlf.io import atomic_write_text
 from crlf.methods.base import Method, StepClock
 from crlf.model_card import evaluation_gap, record_command, write_model_card
 from crlf.models.encoder import ResNetEncoder
+from crlf.online_probe import OnlineProbe, build_online_probe
 from crlf.optim import learning_rate, set_learning_rate
 from crlf.run_plan import BudgetKeeper, low_res_fraction, resolve_run_precision, start_budget_plan
 from crlf.runtime import environment_record, flush_denormals, resolve_device
@@ -57,6 +58,8 @@ from crlf.tensorboard import training_board
 
 # The loop's time source (step times, the budget's accounting); tests replace it to inject step times.
 wall_clock = time.perf_counter
+# The online probe's epoch sums (Progress.epoch_log_sums, so a resumed epoch keeps them): accuracy, steps scored.
+PROBE_SUMS = ("online_probe_correct_sum", "online_probe_steps")
 COLLAPSE_STD_FRACTION = 0.1  # warn when the embedding spread falls below 10 % of a uniform spread (1/sqrt(D))
 
 
@@ -199,21 +202,24 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
         save_config(cfg, run_dir / "config.yaml")
 
     state = Progress() if checkpoint is None else Progress.from_checkpoint(checkpoint)
-    run_cfg, probe = resolve_run_precision(cfg, device, state, len(images), progress)  # cfg with auto resolved
+    run_cfg, precision = resolve_run_precision(cfg, device, state, len(images), progress)  # auto resolved
     method, optimizer = build_training_modules(run_cfg, device, len(images))
     if checkpoint is not None:
         method.load_state_dict(checkpoint["method"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng_state(checkpoint["rng"], perm_gen)
         distributed.restore_rank_rng(checkpoint, aug_gen, cfg.train.seed, device)  # each rank's own stream
-    plan = start_budget_plan(cfg, state, probe, len(images) // cfg.train.batch_size)
+    plan = start_budget_plan(cfg, state, precision, len(images) // cfg.train.batch_size)
     if distributed.is_main():
         record_command(run_dir, command, None if checkpoint is None else f"global step {state.global_step} "
                        f"(epoch {state.epoch + 1}, step {state.step})")
+    probe = build_online_probe(cfg.train.online_probe, method.backbone.feature_dim, labels, device)
+    if probe is not None and checkpoint is not None and "probe" in checkpoint:  # older checkpoints: a fresh probe
+        probe.restore(checkpoint["probe"])
     if cfg.train.compile:
         method.compile_backbone()
     trainer = Trainer(run_cfg, run_dir, method, optimizer, images.to(device), labels, aug_gen, state, progress,
-                      perm_gen=perm_gen, saved_cfg=cfg, plan=plan)
+                      perm_gen=perm_gen, saved_cfg=cfg, plan=plan, probe=probe)
     where = lambda: f"epoch {state.epoch + 1} step {state.step + 1}"  # noqa: E731
     with trainer.board, _StopSignals() as stop, distributed.stop_on_lost_rank(where, trainer.resume_hint):
         while not trainer.finished():
@@ -224,10 +230,10 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
         if trainer.budget is not None:  # the final time spent, checkpoints included
             trainer.budget.save()
             budget = {"budget": trainer.budget.record()}
-        precision = {"precision_probe": state.precision} if state.precision is not None else {}
+        probed = {"precision_probe": state.precision} if state.precision is not None else {}
         export_encoder(method.backbone, cfg, run_dir,
                        extra={"data": dataset.description, "epochs": state.epoch,
-                              "train_time_s": round(state.train_time_s, 1), **precision, **budget, **world,
+                              "train_time_s": round(state.train_time_s, 1), **probed, **budget, **world,
                               **environment_record(device)})
         write_model_card(run_dir, evaluation_gap(dataset))  # RUN/README.md; crlf evaluate adds the figures
     distributed.shutdown()
@@ -251,10 +257,12 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, method: Method, optimizer: torch.optim.Optimizer,
                  images: torch.Tensor, labels: np.ndarray, aug_gen: torch.Generator, state: Progress,
                  progress: bool, perm_gen: torch.Generator | None = None, saved_cfg: Config | None = None,
-                 plan=None):
+                 plan=None, probe: OnlineProbe | None = None):
         # cfg: what the run trains with (precision auto resolved); saved_cfg: what its checkpoints record
         self.cfg, self.run_dir, self.method, self.optimizer = cfg, run_dir, method, optimizer
         self.saved_cfg = saved_cfg or cfg
+        self.probe = probe  # the online linear probe (train.online_probe), None without labels
+        self.label_tensor = torch.as_tensor(labels, dtype=torch.long, device=images.device)  # (N,) -1: none
         self.images, self.labels, self.aug_gen, self.state, self.progress = images, labels, aug_gen, state, progress
         self.perm_gen = perm_gen or aug_gen  # one stream in one process; common to every rank with several
         self.model = distributed.wrap(method, cfg.train.sync_batchnorm, images.device)  # DDP with several processes
@@ -342,6 +350,10 @@ class Trainer:
             views = self.augment(self.images[idx], self.aug_gen, specs)  # [(B, 3, S, S)], global views first
             loss_value, logs = train_step(self.model, self.optimizer, views, clock, self.autocast_dtype,
                                           check_loss=self.check_loss)
+            if self.probe is not None:  # after the method's step, on its detached features: it changes none of it
+                accuracy = self.probe.step(self.method.last_features, self.label_tensor[idx])
+                if accuracy is not None:
+                    logs = {**logs, PROBE_SUMS[0]: accuracy, PROBE_SUMS[1]: 1.0}
         dt = wall_clock() - t0
         state.step += 1
         state.global_step += 1
@@ -364,7 +376,7 @@ class Trainer:
             raise TrainingStopped(
                 f"loss became {loss_value} at epoch {state.epoch + 1} step {state.step + 1} "
                 f"(global step {state.global_step + 1}, lr {self.lr:g}); training stopped before the update. "
-                f"The last good checkpoint in '{self.run_dir}' is kept. Lower --lr or raise --temperature, "
+                f"The last good checkpoint in '{self.run_dir}' is kept. {self.method.divergence_advice}, "
                 f"then resume with: {self.resume_hint}"
             )
         faults.maybe_signal(state.global_step)  # tests: a signal arriving mid-step
@@ -374,8 +386,11 @@ class Trainer:
         """The epoch's record (metrics.jsonl); ``steps``: how many it ran (fewer for a budget's cut last epoch)."""
         state, cfg = self.state, self.cfg
         steps = steps or self.steps_per_epoch
-        logs = {k: v / steps for k, v in state.epoch_log_sums.items()}
+        logs = {k: v / steps for k, v in state.epoch_log_sums.items() if k not in PROBE_SUMS}
         spread = logs.pop("embedding_std", float("nan"))
+        probe_sum, probe_steps = (state.epoch_log_sums.get(k, 0.0) for k in PROBE_SUMS)
+        if probe_steps:  # the mean over the steps that had labels
+            logs["online_probe_top1"] = probe_sum / probe_steps
         if distributed.is_main():  # the logs are means over the ranks: one warning is enough
             warn_if_collapsed(spread, self.method.embedding_dim, state.epoch + 1)
         record = {"epoch": state.epoch + 1, "loss": state.epoch_loss_sum / steps, "lr": self.lr,
@@ -409,7 +424,9 @@ class Trainer:
     def checkpoint_state(self) -> dict[str, Any]:
         method_state = self.method.state_dict()
         self.stop_if_not_finite(method_state)
+        probe = {"probe": self.probe.checkpoint()} if self.probe is not None else {}
         return {"config": to_dict(self.saved_cfg), "method": method_state, "optimizer": self.optimizer.state_dict(),
+                **probe,
                 "rng": rng_state(self.perm_gen), "perm": self.state.perm,
                 "step_losses": torch.tensor(self.state.step_losses, dtype=torch.float64),
                 "progress": self.state.counters(),
@@ -424,7 +441,7 @@ class Trainer:
                 raise TrainingStopped(
                     f"the weights became non-finite by global step {self.state.global_step} ('{name}' holds "
                     f"inf/nan; last loss {loss:.4g}, lr {self.lr:g}); training stopped without saving them. The "
-                    f"last good checkpoint in '{self.run_dir}' is kept. Lower --lr or raise --temperature, then "
+                    f"last good checkpoint in '{self.run_dir}' is kept. {self.method.divergence_advice}, then "
                     f"resume with: {self.resume_hint}"
                 )
 

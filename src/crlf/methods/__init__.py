@@ -1,8 +1,11 @@
 """Self-supervised methods, all trained by the one loop in ``crlf.train``.
 
-``METHODS`` is the registry: ``method.name`` -> the class that implements it, as ``"module:Class"`` so
-that reading a config (and ``crlf --help``) never imports torch. ``build_method`` imports on demand.
-Each class subclasses :class:`crlf.methods.base.Method`.
+``METHODS`` is the registry: ``method.name`` -> the class that implements it, as ``"module:Class"`` so that
+``crlf --help`` never imports torch; :func:`method_class` imports the file on demand (reading a config does,
+for the method's settings). A method is one file: a :class:`crlf.methods.settings.MethodSettings` dataclass
+(its ``method:`` keys, defaults and checks) and a :class:`crlf.methods.base.Method` subclass (heads, loss,
+paper, model-card settings, divergence advice) that names it in ``settings_type``. Adding one is that file
+and one line here.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ METHODS: dict[str, str] = {
     "vicreg": "crlf.methods.vicreg:VICReg",
     "barlowtwins": "crlf.methods.barlowtwins:BarlowTwins",
     "dino": "crlf.methods.dino:DINO",
+    "nnclr": "crlf.methods.nnclr:NNCLR",
+    "fastsiam": "crlf.methods.fastsiam:FastSiam",
+    "mae": "crlf.methods.mae:MAE",
 }
 METHOD_NAMES = tuple(METHODS)
 

@@ -3,15 +3,36 @@ cross-correlation matrix of the two branches' embeddings towards the identity.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from crlf.config import Config
 from crlf.distributed import gather_with_grad
-from crlf.methods.base import Method, apply_to_views, cross_view_pairs, embedding_spread
+from crlf.methods.base import Method, apply_to_views, cross_view_pairs, embedding_spread, projector_from
+from crlf.methods.settings import MethodSettings, check
 from crlf.methods.vicreg import check_branches, off_diagonal
-from crlf.models.encoder import ResNetEncoder
-from crlf.models.heads import mlp
+
+if TYPE_CHECKING:
+    from crlf.models.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class BarlowTwinsSettings(MethodSettings):
+    """``redundancy_weight``: the off-diagonal terms' weight (lambda, 0.0051 in the paper's code);
+    ``loss_scale``: a factor on the whole loss (solo-learn's CIFAR recipe: 0.1; it matters with LARS and weight
+    decay, not with Adam)."""
+
+    name: str = "barlowtwins"
+    redundancy_weight: float = 0.0051
+    loss_scale: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.redundancy_weight >= 0, f"method.redundancy_weight must be >= 0 (got {self.redundancy_weight}).")
+        check(self.loss_scale > 0, f"method.loss_scale must be > 0 (got {self.loss_scale}).")
 
 
 class BarlowTwinsLoss(nn.Module):
@@ -61,18 +82,18 @@ class BarlowTwins(Method):
     global one)."""
 
     name = "barlowtwins"
+    settings_type = BarlowTwinsSettings
+    title, paper = "Barlow Twins", "https://arxiv.org/abs/2103.03230"
+    card_settings = ("redundancy_weight",)
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
         super().__init__(backbone, cfg, num_images)
-        m = cfg.model
-        self.projector = mlp(backbone.feature_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers,
-                             batchnorm=m.proj_batchnorm, last_batchnorm=m.proj_last_batchnorm)
+        self.projector = projector_from(cfg, backbone.feature_dim)
         self.loss_fn = BarlowTwinsLoss(cfg.method.redundancy_weight)
         self.loss_scale = cfg.method.loss_scale  # solo-learn's scale_loss (0.1 in its CIFAR recipe)
-        self.embedding_dim = m.proj_out_dim
 
     def forward(self, views):
-        features = self.backbone_features(views)  # [(B, 512)] per view
+        features = self.backbone_features(views)  # [(B, F)] per view, F = backbone.feature_dim
         z = apply_to_views(self.projector, features)  # [(B, D)] per view; one call, BatchNorm sees every view
         z = [gather_with_grad(v) for v in z]  # [(B global, D)]: batch statistics over every rank
         terms = [self.loss_fn.terms(z[i], z[j]) for i, j in cross_view_pairs(len(views), self.num_global)]

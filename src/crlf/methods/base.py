@@ -18,14 +18,18 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
-from crlf.models.encoder import ResNetEncoder
+from crlf.methods.settings import MethodSettings
 from crlf.models.heads import mlp
+
+if TYPE_CHECKING:
+    from crlf.models.backbones import Backbone
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,23 @@ def is_norm_or_bias(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 
+VIT_PARTS = ("patch_embed", "_pos_embed", "norm_pre", "blocks", "norm", "num_prefix_tokens", "embed_dim")
+
+
+def vision_transformer(backbone: nn.Module, method: str) -> nn.Module:
+    """The timm ``VisionTransformer`` inside ``backbone``, for the methods that work on patch tokens (MAE, I-JEPA);
+    any other backbone is a usage error that names the ones they accept."""
+    from crlf.errors import UsageError
+
+    model = getattr(backbone, "model", None)
+    if model is None or not all(hasattr(model, part) for part in VIT_PARTS):
+        arch = getattr(backbone, "arch", type(backbone).__name__)
+        raise UsageError(f"{method} works on the patches of a Vision Transformer; model.arch={arch} is not one. Use "
+                         f"model.arch=vit_tiny, vit_small or timm:<a ViT> (e.g. timm:vit_tiny_patch16_224), as "
+                         f"configs/methods/{method}.yaml does.")
+    return model
+
+
 class Method(nn.Module):
     """Base class of every method. Subclasses set ``name``, build their heads in ``__init__`` and implement
     ``forward``; the hooks default to doing nothing.
@@ -114,10 +135,16 @@ class Method(nn.Module):
     from the other ranks (negatives, batch statistics, Sinkhorn scores, queue entries, the teacher's mean)."""
 
     name = "method"
+    settings_type: ClassVar[type[MethodSettings]] = MethodSettings  # its `method:` section, parsed by the config
+    title = "method"  # the paper's name for it, for the model card
+    paper: str | None = None  # the paper's address, for the model card
+    card_settings: ClassVar[tuple[str, ...]] = ()  # the settings the model card's method row shows
+    divergence_advice = "Lower --lr"  # what the loop says when the loss or the weights stop being finite
+    needs_vit = False  # True: works on patch tokens, so only a ViT backbone will do (vision_transformer)
     sync_batchnorm = True  # several processes: BatchNorm over the global batch (the recipes' SyncBN) unless the config says
     ddp_find_unused_parameters = False  # True where a trainable parameter can sit a step out (frozen prototypes)
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
         super().__init__()
         self.backbone = backbone
         self.num_global = cfg.augment.crops[0].count  # the first crop spec gives the global views
@@ -157,19 +184,25 @@ class Method(nn.Module):
         object.__setattr__(self, "_compiled_backbone", torch.compile(self.backbone))
 
     def backbone_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The online backbone's features of every view, ``[(B, F)]``; the first view's, detached, are kept for the
+        loop's online linear probe (:mod:`crlf.online_probe`), which then needs no backbone pass of its own."""
         compiled = self.__dict__.get("_compiled_backbone")
-        return forward_backbone(self.backbone if compiled is None else compiled, views, self.channels_last)
+        features = forward_backbone(self.backbone if compiled is None else compiled, views, self.channels_last)
+        self.last_features = features[0].detach()  # (B, F); not state: never in the state dict
+        return features
 
 
-def projector_from(cfg: Config, in_dim: int) -> nn.Sequential:
-    """The configured projector ``(B, in_dim) -> (B, proj_out_dim)`` (``model.proj_*``)."""
+def projector_from(cfg: Config, in_dim: int, activation: str = "relu") -> nn.Sequential:
+    """The configured projector ``(B, in_dim) -> (B, D)``, ``D = model.proj_out_dim`` (``model.proj_*``): the one
+    place every method builds its projector (DINO's head with GELU, SimCLR's inside :class:`ProjectionHead`)."""
     m = cfg.model
     return mlp(in_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers, m.proj_batchnorm,
-               m.proj_last_batchnorm, m.proj_dropout)
+               m.proj_last_batchnorm, m.proj_dropout, activation)
 
 
 def predictor_from(cfg: Config) -> nn.Sequential:
-    """BYOL's / MoCo v3's predictor: ``Linear -> BN -> ReLU -> Linear``, ``(B, D) -> (B, D)``."""
+    """The predictor of BYOL, SimSiam, MoCo v3 (and NNCLR, FastSiam): ``Linear -> BN -> ReLU -> Linear``,
+    ``(B, D) -> (B, D)`` through a ``model.pred_hidden_dim`` bottleneck."""
     m = cfg.model
     return mlp(m.proj_out_dim, m.pred_hidden_dim, m.proj_out_dim, 2, batchnorm=True)
 
@@ -181,7 +214,7 @@ class MomentumMethod(Method):
     The momentum follows BYOL's cosine schedule from ``method.momentum`` to ``method.momentum_final``; it is
     a function of the step clock only, so nothing but the target weights needs saving to resume."""
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int, projector: nn.Module):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int, projector: nn.Module):
         super().__init__(backbone, cfg, num_images)
         self.projector = projector
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)

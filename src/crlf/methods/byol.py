@@ -8,6 +8,9 @@ MoCo v2 and v3 and DINO.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +24,18 @@ from crlf.methods.base import (
     predictor_from,
     projector_from,
 )
-from crlf.models.encoder import ResNetEncoder
+from crlf.methods.settings import MomentumSettings
+
+if TYPE_CHECKING:
+    from crlf.models.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class BYOLSettings(MomentumSettings):
+    """The target's EMA momentum, ``momentum`` -> ``momentum_final`` on a cosine over training (the paper:
+    0.996 -> 1)."""
+
+    name: str = "byol"
 
 
 class BYOLLoss(nn.Module):
@@ -44,12 +58,14 @@ class BYOL(MomentumMethod):
     """Online backbone -> projector -> predictor regresses the target's projection of every other view."""
 
     name = "byol"
+    settings_type = BYOLSettings
+    title, paper = "BYOL", "https://arxiv.org/abs/2006.07733"
+    card_settings = ("momentum", "momentum_final")
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
         super().__init__(backbone, cfg, num_images, projector_from(cfg, backbone.feature_dim))
         self.predictor = predictor_from(cfg)
         self.loss_fn = BYOLLoss()
-        self.embedding_dim = cfg.model.proj_out_dim
 
     def forward(self, views):
         z = apply_to_views(self.projector, self.backbone_features(views))  # [(B, D)] per view

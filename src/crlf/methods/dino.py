@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,25 +19,63 @@ from torch import nn
 
 from crlf.config import Config
 from crlf.distributed import mean_over_ranks
-from crlf.methods.base import MomentumMethod, StepClock, cross_view_pairs, embedding_spread, forward_backbone
-from crlf.models.encoder import ResNetEncoder
-from crlf.models.heads import mlp
+from crlf.methods.base import (
+    MomentumMethod,
+    StepClock,
+    cross_view_pairs,
+    embedding_spread,
+    forward_backbone,
+    projector_from,
+)
+from crlf.methods.settings import MomentumTemperatureSettings, check
+
+if TYPE_CHECKING:
+    from crlf.models.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class DINOSettings(MomentumTemperatureSettings):
+    """``temperature``: the student's; the teacher's warms up linearly from ``warmup_teacher_temperature`` to
+    ``teacher_temperature`` over ``warmup_teacher_epochs``; ``center_momentum`` of the teacher's centre;
+    ``num_prototypes``: the head's output dimension; the head's last layer is frozen for the first
+    ``freeze_prototypes_epochs`` (DINO's ``freeze_last_layer``); ``momentum`` -> ``momentum_final``: the teacher's
+    EMA."""
+
+    name: str = "dino"
+    num_prototypes: int = 3000
+    teacher_temperature: float = 0.04
+    warmup_teacher_temperature: float = 0.04
+    warmup_teacher_epochs: float = 0.0
+    center_momentum: float = 0.9
+    freeze_prototypes_epochs: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.num_prototypes >= 2, f"method.num_prototypes must be >= 2 (got {self.num_prototypes}).")
+        check(self.teacher_temperature > 0 and self.warmup_teacher_temperature > 0,
+              f"method.teacher_temperature and warmup_teacher_temperature must be > 0 (got "
+              f"{self.teacher_temperature}, {self.warmup_teacher_temperature}); try 0.04.")
+        check(self.warmup_teacher_epochs >= 0,
+              f"method.warmup_teacher_epochs must be >= 0 (got {self.warmup_teacher_epochs}).")
+        check(0 <= self.center_momentum < 1, f"method.center_momentum must be in [0, 1) (got {self.center_momentum}).")
+        check(self.freeze_prototypes_epochs >= 0,
+              f"method.freeze_prototypes_epochs must be >= 0 (got {self.freeze_prototypes_epochs}).")
 
 
 class DINOHead(nn.Module):
-    """``mlp`` (GELU) to a bottleneck -> L2-normalise -> weight-normalised ``Linear(bottleneck, K, bias=False)``
-    with its norm ``g`` fixed to 1 (DINO's ``norm_last_layer=True``): ``(N, in_dim) -> ((N, bottleneck), (N, K))``,
-    the unit bottleneck and the logits, which are cosines in [-1, 1]."""
+    """An MLP (GELU, built by :func:`projector_from`) to a bottleneck -> L2-normalise -> weight-normalised
+    ``Linear(bottleneck, K, bias=False)`` with its norm ``g`` fixed to 1 (DINO's ``norm_last_layer=True``):
+    ``(N, F) -> ((N, bottleneck), (N, K))``, the unit bottleneck and the logits, which are cosines in [-1, 1]."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, num_prototypes: int, layers: int = 3,
-                 batchnorm: bool = False, last_batchnorm: bool = False):
+    def __init__(self, mlp: nn.Sequential, num_prototypes: int):
         super().__init__()
-        self.mlp = mlp(in_dim, hidden_dim, bottleneck_dim, layers, batchnorm, last_batchnorm, activation="gelu")
+        self.mlp = mlp
         for module in self.mlp.modules():  # DINO's initialisation of the MLP (the last layer keeps torch's)
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        bottleneck_dim = [m for m in mlp.modules() if isinstance(m, nn.Linear)][-1].out_features
         self.last_layer = nn.Linear(bottleneck_dim, num_prototypes, bias=False)  # V; the layer uses V / ||V||
 
     def forward(self, h: torch.Tensor, freeze_last_layer: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,11 +129,14 @@ class DINO(MomentumMethod):
     teacher output of the whole global batch (averaged over the ranks), so it stays the same on every rank."""
 
     name = "dino"
+    settings_type = DINOSettings
+    title, paper = "DINO", "https://arxiv.org/abs/2104.14294"
+    card_settings = ("temperature", "teacher_temperature", "num_prototypes")
+    divergence_advice = "Lower --lr or raise --temperature"
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
-        m, c = cfg.model, cfg.method
-        head = DINOHead(backbone.feature_dim, m.proj_hidden_dim, m.proj_out_dim, c.num_prototypes, m.proj_layers,
-                        m.proj_batchnorm, m.proj_last_batchnorm)
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
+        c = cfg.method
+        head = DINOHead(projector_from(cfg, backbone.feature_dim, activation="gelu"), c.num_prototypes)
         super().__init__(backbone, cfg, num_images, head)
         self.register_buffer("center", torch.zeros(c.num_prototypes))  # (K,)
         self.loss_fn = DINOLoss(c.temperature)
@@ -127,11 +170,11 @@ class DINO(MomentumMethod):
 
     def forward(self, views):
         b, g, clock = len(views[0]), self.num_global, self._clock
-        features = self.backbone_features(views)  # [(B, 512)] per view
+        features = self.backbone_features(views)  # [(B, F)] per view, F = backbone.feature_dim
         frozen = clock.epoch < self.freeze_last_layer_epochs
         z, student = self.projector(torch.cat(features), frozen)  # (VB, bottleneck), (VB, K)
         with torch.no_grad():  # teacher in train mode (its own BatchNorm statistics), global views only
-            teacher_features = forward_backbone(self.target_backbone, views[:g], self.channels_last)  # [(B, 512)]
+            teacher_features = forward_backbone(self.target_backbone, views[:g], self.channels_last)  # [(B, F)]
             _, teacher = self.target_projector(torch.cat(teacher_features))  # (GB, K)
         self._teacher_mean = mean_over_ranks(teacher.mean(0))  # (K,) over the global batch
         temperature = self.teacher_temperature_at(clock.epoch)

@@ -8,6 +8,9 @@ batch and adds BYOL's predictor on the query side.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +27,33 @@ from crlf.methods.base import (
     predictor_from,
     projector_from,
 )
-from crlf.models.encoder import ResNetEncoder
+from crlf.methods.settings import MomentumTemperatureSettings, check
+
+if TYPE_CHECKING:
+    from crlf.models.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class MoCoV2Settings(MomentumTemperatureSettings):
+    """``temperature`` of InfoNCE, the key encoder's EMA ``momentum`` -> ``momentum_final``, and ``queue_size``
+    past keys as negatives (fitted down, with a warning, when the training set is too small for it)."""
+
+    name: str = "mocov2"
+    queue_size: int = 4096  # the paper: 65536
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.queue_size > 0, f"mocov2 needs a queue of negatives: set method.queue_size > 0 (got "
+                                   f"{self.queue_size}; e.g. 4096, the paper uses 65536). Without a queue (in-batch "
+                                   f"negatives only) it is not MoCo v2; use method.name=mocov3 or simclr for that.")
+
+
+@dataclass(frozen=True)
+class MoCoV3Settings(MomentumTemperatureSettings):
+    """``temperature`` of the contrastive loss and the key encoder's EMA ``momentum`` -> ``momentum_final``; no
+    queue (``queue_size: 0`` is accepted, as every method without one does)."""
+
+    name: str = "mocov3"
 
 
 def _check_temperature(temperature: float) -> float:
@@ -92,14 +121,14 @@ class MoCoV2(MomentumMethod):
     BatchNorm across GPUs instead of synchronising it)."""
 
     name = "mocov2"
+    settings_type = MoCoV2Settings
+    title, paper = "MoCo v2", "https://arxiv.org/abs/2003.04297"
+    card_settings = ("temperature", "queue_size", "momentum")
+    divergence_advice = "Lower --lr or raise --temperature"
     sync_batchnorm = False
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
         batch = cfg.train.batch_size
-        if cfg.method.queue_size <= 0:
-            raise UsageError("mocov2 needs a queue of negatives: set method.queue_size > 0 (e.g. 4096; the paper "
-                             "uses 65536). Without a queue (in-batch negatives only) it is not MoCo v2; use "
-                             "method.name=mocov3 or simclr for that.")
         super().__init__(backbone, cfg, num_images, projector_from(cfg, backbone.feature_dim))
         size = fitted_queue_size(cfg.method.queue_size, num_images, batch, "mocov2")
         if size == 0:
@@ -109,7 +138,6 @@ class MoCoV2(MomentumMethod):
         self.register_buffer("queue", F.normalize(torch.randn(size, cfg.model.proj_out_dim), dim=1))  # (K, D)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))  # next row to overwrite
         self.loss_fn = InfoNCEWithQueue(cfg.method.temperature)
-        self.embedding_dim = cfg.model.proj_out_dim
         self._new_keys: torch.Tensor | None = None  # this step's keys, enqueued in on_step_end
 
     def forward(self, views):
@@ -145,12 +173,15 @@ class MoCoV3(MomentumMethod):
     ``model.proj_layers`` / ``proj_last_batchnorm`` (the paper: 3 layers for ResNet-50, last BN)."""
 
     name = "mocov3"
+    settings_type = MoCoV3Settings
+    title, paper = "MoCo v3", "https://arxiv.org/abs/2104.02057"
+    card_settings = ("temperature", "momentum")
+    divergence_advice = "Lower --lr or raise --temperature"
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
         super().__init__(backbone, cfg, num_images, projector_from(cfg, backbone.feature_dim))
         self.predictor = predictor_from(cfg)
         self.loss_fn = MoCoV3Loss(cfg.method.temperature)
-        self.embedding_dim = cfg.model.proj_out_dim
 
     def forward(self, views):
         z = apply_to_views(self.projector, self.backbone_features(views))  # [(B, D)] per view

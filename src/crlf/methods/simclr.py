@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
 from crlf.distributed import gather_with_grad
-from crlf.methods.base import Method, embedding_spread
-from crlf.models.encoder import ResNetEncoder
+from crlf.methods.base import Method, embedding_spread, projector_from
+from crlf.methods.settings import TemperatureSettings
 from crlf.models.heads import ProjectionHead
+
+if TYPE_CHECKING:
+    from crlf.models.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class SimCLRSettings(TemperatureSettings):
+    """``temperature``: NT-Xent's T (0.07 in the reference recipe, 0.5 in the paper's CIFAR runs)."""
+
+    name: str = "simclr"
 
 
 class NTXentLoss(nn.Module):
@@ -53,16 +66,18 @@ class SimCLR(Method):
     """Backbone -> :class:`ProjectionHead` (L2-normalised) -> NT-Xent across all views."""
 
     name = "simclr"
+    settings_type = SimCLRSettings
+    title, paper = "SimCLR", "https://arxiv.org/abs/2002.05709"
+    card_settings = ("temperature",)
+    divergence_advice = "Lower --lr or raise --temperature"  # a small T turns similarities into huge logits
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
         super().__init__(backbone, cfg, num_images)
-        m = cfg.model
-        self.projector = ProjectionHead(backbone.feature_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_dropout,
-                                        m.proj_batchnorm, m.proj_layers, m.proj_last_batchnorm)
+        self.projector = ProjectionHead(net=projector_from(cfg, backbone.feature_dim))  # unit rows
         self.loss_fn = NTXentLoss(cfg.method.temperature)
 
     def forward(self, views):
-        features = self.backbone_features(views)  # [(B, 512)] per view
+        features = self.backbone_features(views)  # [(B, F)] per view, F = backbone.feature_dim
         z = self.projector(torch.cat(features))  # (VB, D): one call, BatchNorm (if any) sees every view
         z = z.float()
         # Each view's embeddings from every rank, gradient included: the negatives of the whole global batch.

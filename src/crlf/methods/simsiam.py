@@ -4,14 +4,34 @@ Figure 2); ``embedding_std`` is the paper's collapse watch (std of the L2-normal
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
-from crlf.methods.base import Method, apply_to_views, cross_view_pairs, embedding_spread
-from crlf.models.encoder import ResNetEncoder
-from crlf.models.heads import mlp
+from crlf.methods.base import (
+    Method,
+    apply_to_views,
+    cross_view_pairs,
+    embedding_spread,
+    predictor_from,
+    projector_from,
+)
+from crlf.methods.settings import MethodSettings
+
+if TYPE_CHECKING:
+    from crlf.models.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class SimSiamSettings(MethodSettings):
+    """No settings of its own: the heads' sizes are in ``model``, the predictor's fixed learning rate is the
+    paper's choice."""
+
+    name: str = "simsiam"
 
 
 class NegativeCosine(nn.Module):
@@ -36,15 +56,14 @@ class SimSiam(Method):
     view. With two views the loss is the paper's ``D(p1, z2) / 2 + D(p2, z1) / 2``."""
 
     name = "simsiam"
+    settings_type = SimSiamSettings
+    title, paper = "SimSiam", "https://arxiv.org/abs/2011.10566"
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
         super().__init__(backbone, cfg, num_images)
-        m = cfg.model
-        self.projector = mlp(backbone.feature_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers,
-                             m.proj_batchnorm, m.proj_last_batchnorm, m.proj_dropout)
-        self.predictor = mlp(m.proj_out_dim, m.pred_hidden_dim, m.proj_out_dim, 2, batchnorm=True)
+        self.projector = projector_from(cfg, backbone.feature_dim)
+        self.predictor = predictor_from(cfg)
         self.loss_fn = NegativeCosine()
-        self.embedding_dim = m.proj_out_dim
 
     def param_groups(self, weight_decay, exclude_bias_and_norm=False):
         """The base groups, with the predictor's parameters in groups of their own that keep the base

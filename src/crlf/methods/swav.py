@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +18,46 @@ from torch import nn
 
 from crlf.config import Config
 from crlf.distributed import gather, shard, world_size
-from crlf.methods.base import Method, StepClock, cross_view_pairs, embedding_spread, fitted_queue_size
-from crlf.models.encoder import ResNetEncoder
-from crlf.models.heads import mlp
+from crlf.methods.base import (
+    Method,
+    StepClock,
+    cross_view_pairs,
+    embedding_spread,
+    fitted_queue_size,
+    projector_from,
+)
+from crlf.methods.settings import TemperatureSettings, check
+
+if TYPE_CHECKING:
+    from crlf.models.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class SwAVSettings(TemperatureSettings):
+    """``temperature`` of the softmax of prototype scores; ``num_prototypes``; Sinkhorn-Knopp's ``epsilon`` and
+    iterations; a queue of ``queue_size`` past projections per global view joining Sinkhorn from epoch
+    ``queue_start_epoch`` (0 = none; fitted down, with a warning, on small data); prototypes frozen for the first
+    ``freeze_prototypes_epochs``."""
+
+    name: str = "swav"
+    num_prototypes: int = 3000
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    queue_size: int = 0
+    queue_start_epoch: float = 0.0
+    freeze_prototypes_epochs: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.num_prototypes >= 2, f"method.num_prototypes must be >= 2 (got {self.num_prototypes}).")
+        check(self.sinkhorn_epsilon > 0, f"method.sinkhorn_epsilon must be > 0 (got {self.sinkhorn_epsilon}); "
+                                         f"try 0.05.")
+        check(self.sinkhorn_iterations >= 1, f"method.sinkhorn_iterations must be >= 1 (got "
+                                             f"{self.sinkhorn_iterations}); try 3.")
+        check(self.queue_size >= 0, f"method.queue_size must be >= 0 (got {self.queue_size}); 0 = no queue.")
+        check(self.queue_start_epoch >= 0, f"method.queue_start_epoch must be >= 0 (got {self.queue_start_epoch}).")
+        check(self.freeze_prototypes_epochs >= 0,
+              f"method.freeze_prototypes_epochs must be >= 0 (got {self.freeze_prototypes_epochs}).")
 
 
 @torch.no_grad()
@@ -82,12 +121,15 @@ class SwAV(Method):
     every rank's projections, so it is the same on every rank."""
 
     name = "swav"
+    settings_type = SwAVSettings
+    title, paper = "SwAV", "https://arxiv.org/abs/2006.09882"
+    card_settings = ("temperature", "num_prototypes")
+    divergence_advice = "Lower --lr or raise --temperature"
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
         super().__init__(backbone, cfg, num_images)
         m, c = cfg.model, cfg.method
-        self.projector = mlp(backbone.feature_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers,
-                             m.proj_batchnorm, m.proj_last_batchnorm, m.proj_dropout)
+        self.projector = projector_from(cfg, backbone.feature_dim)
         self.prototypes = nn.Linear(m.proj_out_dim, c.num_prototypes, bias=False)
         self.loss_fn = SwAVLoss(c.temperature)
         self.epsilon, self.iterations = c.sinkhorn_epsilon, c.sinkhorn_iterations
@@ -116,7 +158,7 @@ class SwAV(Method):
 
     def forward(self, views):
         b, g = len(views[0]), self.num_global
-        features = self.backbone_features(views)  # [(B, 512)] per view
+        features = self.backbone_features(views)  # [(B, F)] per view, F = backbone.feature_dim
         z = self.projector(torch.cat(features))  # (VB, D): one call, BatchNorm sees every view
         frozen = self._epoch < self.freeze_prototypes_epochs
         # Frozen prototypes are a constant of the graph: no gradient, so neither the update nor weight decay.

@@ -3,15 +3,35 @@ covariance regularisation of the projector's output; no negatives, no momentum t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
 from crlf.distributed import gather_with_grad
-from crlf.methods.base import Method, apply_to_views, cross_view_pairs, embedding_spread
-from crlf.models.encoder import ResNetEncoder
-from crlf.models.heads import mlp
+from crlf.methods.base import Method, apply_to_views, cross_view_pairs, embedding_spread, projector_from
+from crlf.methods.settings import MethodSettings, check
+
+if TYPE_CHECKING:
+    from crlf.models.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class VICRegSettings(MethodSettings):
+    """The weights of the invariance, variance and covariance terms (the paper: 25, 25, 1)."""
+
+    name: str = "vicreg"
+    sim_weight: float = 25.0
+    var_weight: float = 25.0
+    cov_weight: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        for key in ("sim_weight", "var_weight", "cov_weight"):
+            check(getattr(self, key) >= 0, f"method.{key} must be >= 0 (got {getattr(self, key)}).")
 
 
 def off_diagonal(m: torch.Tensor) -> torch.Tensor:
@@ -94,17 +114,18 @@ class VICReg(Method):
     one)."""
 
     name = "vicreg"
+    settings_type = VICRegSettings
+    title, paper = "VICReg", "https://arxiv.org/abs/2105.04906"
+    card_settings = ("sim_weight", "var_weight", "cov_weight")
 
-    def __init__(self, backbone: ResNetEncoder, cfg: Config, num_images: int):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
         super().__init__(backbone, cfg, num_images)
-        m, mc = cfg.model, cfg.method
-        self.projector = mlp(backbone.feature_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers,
-                             batchnorm=m.proj_batchnorm, last_batchnorm=m.proj_last_batchnorm)
+        mc = cfg.method
+        self.projector = projector_from(cfg, backbone.feature_dim)
         self.loss_fn = VICRegLoss(mc.sim_weight, mc.var_weight, mc.cov_weight)
-        self.embedding_dim = m.proj_out_dim
 
     def forward(self, views):
-        features = self.backbone_features(views)  # [(B, 512)] per view
+        features = self.backbone_features(views)  # [(B, F)] per view, F = backbone.feature_dim
         z = apply_to_views(self.projector, features)  # [(B, D)] per view; one call, BatchNorm sees every view
         z = [gather_with_grad(v) for v in z]  # [(B global, D)]: batch statistics over every rank
         pairs = cross_view_pairs(len(views), self.num_global)

@@ -11,7 +11,6 @@ and has ``.arch`` and ``.feature_dim``; that is all the methods, evaluation, exp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,13 +18,15 @@ from torch import nn
 
 from crlf.config import ModelConfig
 from crlf.errors import UsageError
-from crlf.models.encoder import FEATURE_DIMS, ResNetEncoder
+from crlf.models.encoder import FEATURE_DIMS, ResNetEncoder, load_published_weights, read_published
 from crlf.models.timm_encoder import VIT_PRESETS, TimmEncoder, timm_encoder, vit_encoder
 
 TIMM_PREFIX = "timm:"
+# What the methods train and evaluation, export and the demo use: ``(B, 3, H, W) -> (B, feature_dim)``.
+Backbone = ResNetEncoder | TimmEncoder
 
 
-def build_backbone(model: ModelConfig, image_size: int) -> nn.Module:
+def build_backbone(model: ModelConfig, image_size: int) -> Backbone:
     """A freshly initialised backbone for ``model.arch`` and ``image_size``-px images (``data.image_size``).
 
     ResNets are built exactly as before this module existed (same construction, same random draws), so
@@ -56,7 +57,7 @@ def published_state_dict(encoder: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def encoder_from_spec(meta: dict) -> nn.Module:
+def encoder_from_spec(meta: dict) -> Backbone:
     """An untrained backbone from a ``config.json`` dict (the inverse of :func:`backbone_spec`)."""
     arch = meta.get("arch")
     if arch in FEATURE_DIMS:
@@ -70,34 +71,14 @@ def encoder_from_spec(meta: dict) -> nn.Module:
         raise UsageError(f"cannot rebuild the {arch} encoder of config.json: {exc}") from None
 
 
-def load_encoder(run_dir: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_encoder(run_dir: str | Path, map_location: str | torch.device = "cpu") -> Backbone:
     """A run's published encoder (``config.json`` + ``encoder.safetensors``), any arch, in eval mode.
 
     ResNet runs load as :meth:`ResNetEncoder.from_pretrained` loads them; ViT and timm runs are rebuilt from
     the timm name and arguments config.json records. Weights are read from safetensors only (never pickle)."""
-    run_dir = Path(run_dir)
-    config_path, weights_path = run_dir / "config.json", run_dir / "encoder.safetensors"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise UsageError(f"'{path}' is missing; is '{run_dir}' a finished run? (crlf pretrain writes it)")
-    try:
-        meta = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"'{config_path}' is not valid JSON ({exc}); re-export it with crlf pretrain.") from None
-    if not isinstance(meta, dict):
-        raise UsageError(f"'{config_path}' must hold a JSON object; re-export it with crlf pretrain.")
+    meta, weights_path = read_published(run_dir)
     if meta.get("arch") in FEATURE_DIMS:
         return ResNetEncoder.from_pretrained(run_dir, map_location).to(map_location)
-    from safetensors.torch import load_file
-
-    encoder = encoder_from_spec(meta)
-    try:
-        state = load_file(str(weights_path), device=str(map_location))
-    except Exception as exc:
-        raise UsageError(f"could not read '{weights_path}': {exc}. Re-export it with crlf pretrain.") from None
-    try:
-        encoder.model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UsageError(f"'{weights_path}' does not fit the {meta['arch']} of '{config_path}': "
-                         f"{str(exc).splitlines()[0]}") from None
+    encoder = encoder_from_spec(meta)  # checks the timm name and arguments before any weights are read
+    load_published_weights(encoder.model, weights_path, meta["arch"], map_location)
     return encoder.to(map_location).eval()

@@ -79,24 +79,54 @@ class ResNetEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, map_location: str | torch.device = "cpu") -> ResNetEncoder:
-        """Load a run's published weights (``encoder.safetensors`` + ``config.json``)."""
-        from safetensors.torch import load_file
-
+        """Load a run's published weights (``encoder.safetensors`` + ``config.json``), with the checks
+        :func:`crlf.models.backbones.load_encoder` makes (the files exist, are readable and fit each other)."""
         from crlf.errors import UsageError
 
-        run_dir = Path(run_dir)
-        config_path, weights_path = run_dir / "config.json", run_dir / "encoder.safetensors"
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise UsageError(f"'{path}' is missing; is '{run_dir}' a finished run? (crlf pretrain writes it)")
-        meta = json.loads(config_path.read_text())
+        meta, weights_path = read_published(run_dir)
         if meta.get("arch") not in FEATURE_DIMS:  # a ViT or timm run: not a ResNet, so not this class
             raise UsageError(f"'{run_dir}' holds a {meta.get('arch')} encoder, not a ResNet; load it with "
                              f"crlf.load_encoder('{run_dir}') (any arch).")
-        encoder = cls(arch=meta["arch"], stem=meta["stem"])
-        try:
-            state = load_file(str(weights_path), device=str(map_location))
-        except Exception as exc:
-            raise UsageError(f"could not read '{weights_path}': {exc}. Re-export it with crlf pretrain.") from None
-        encoder.load_state_dict(state)
+        encoder = cls(arch=meta["arch"], stem=meta.get("stem", "imagenet"))
+        load_published_weights(encoder, weights_path, meta["arch"], map_location)
         return encoder.eval()
+
+
+def read_published(run_dir: str | Path) -> tuple[dict, Path]:
+    """A run's published encoder files, checked: ``(config.json as a dict, the path of encoder.safetensors)``.
+    Every way of loading an encoder goes through here and :func:`load_published_weights`, so each gives the same
+    errors (exit 2, naming the fix)."""
+    from crlf.errors import UsageError
+
+    run_dir = Path(run_dir)
+    config_path, weights_path = run_dir / "config.json", run_dir / "encoder.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise UsageError(f"'{path}' is missing; is '{run_dir}' a finished run? (crlf pretrain writes it)")
+    try:
+        meta = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"'{config_path}' is not valid JSON ({exc}); re-export it with crlf pretrain.") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"'{config_path}' must hold a JSON object; re-export it with crlf pretrain.")
+    return meta, weights_path
+
+
+def load_published_weights(module: nn.Module, weights_path: Path, arch: str,
+                           map_location: str | torch.device = "cpu") -> None:
+    """Read ``weights_path`` (safetensors only, never pickle) into ``module``; an unreadable file or one that does
+    not fit is a usage error naming the file and the arch. Called once the module is built from config.json, so
+    a bad config.json is reported before the weights are read."""
+    from safetensors.torch import load_file
+
+    from crlf.errors import UsageError
+
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except Exception as exc:
+        raise UsageError(f"could not read '{weights_path}': {exc}. Re-export it with crlf pretrain.") from None
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UsageError(f"'{weights_path}' does not fit the {arch} of '{weights_path.parent / 'config.json'}': "
+                         f"{str(exc).splitlines()[0]}") from None

@@ -45,9 +45,11 @@ class ProjectionHead(nn.Module):
     -> [Dropout] -> Linear(hidden, out)``), then L2-normalised: ``(B, in_dim) -> (B, out_dim)`` with unit rows."""
 
     def __init__(self, in_dim: int = 512, hidden_dim: int = 256, out_dim: int = 64, dropout: float = 0.0,
-                 batchnorm: bool = False, layers: int = 2, last_batchnorm: bool = False):
+                 batchnorm: bool = False, layers: int = 2, last_batchnorm: bool = False, net: nn.Module | None = None):
         super().__init__()
-        self.net = mlp(in_dim, hidden_dim, out_dim, layers, batchnorm, last_batchnorm, dropout)
+        # ``net``: an MLP built elsewhere (SimCLR's, from the config); the sizes are then not used.
+        self.net = net if net is not None else mlp(in_dim, hidden_dim, out_dim, layers, batchnorm, last_batchnorm,
+                                                   dropout)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(h), dim=1)  # (B, out_dim), unit rows

@@ -20,10 +20,12 @@ from crlf.errors import UsageError
 from crlf.io import atomic_write_text
 
 PLOTS = [  # (file in plots/, caption)
-    ("loss_curve.png", "Pretraining loss per step and epoch; the online kNN monitor when it ran"),
+    ("loss_curve.png", "Pretraining loss per step and epoch; the online linear probe and the kNN monitor when they "
+                       "ran"),
     ("label_efficiency.png", "Test top-1 against the share of training labels (log scale)"),
     ("pca_embedding.png", "PCA of the test embeddings"),
     ("tsne_embedding.png", "t-SNE of the test embeddings"),
+    ("umap_embedding.png", "UMAP of the test embeddings (with the plots extra: umap-learn)"),
     ("confusion_matrix.png", "Linear probe confusion matrix on the test split"),
     ("neighbours.png", "Nearest training images of a few test images"),
 ]
@@ -157,6 +159,8 @@ def render(metrics: dict, history: list[dict], run_dir: Path, notes: list[str]) 
              ("1 % labels (linear)", _pct(le.get("1%", {}).get("linear_top1"))),
              ("5-way 1-shot", _pct(fs.get("5way_1shot", {}).get("accuracy"))),
              ("retrieval mAP", _pct(ret.get("mAP"))), ("k-means NMI", _pct(clu.get("nmi")))]
+    if history and history[-1].get("online_probe_top1") is not None:  # train.online_probe: the last epoch's
+        cards.append(("online linear probe, last epoch (training batches)", _pct(history[-1]["online_probe_top1"])))
     parts = [f"<h1>CRLF run: {html.escape(run_dir.name)}</h1>",
              f"<p>{html.escape(cfg.get('method', {}).get('name', 'simclr'))} · "
              f"{html.escape(cfg.get('model', {}).get('arch', ''))} · {m.get('epochs', len(history))} epochs · "
