@@ -10,7 +10,7 @@
     crlf plot      runs/r1
     crlf embed     runs/r1 --data my_images/ --out emb.npy
     crlf search    runs/r1 photo.jpg --k 8 --out grid.png
-    crlf demo      runs/r1 [--host 127.0.0.1] [--port 7860]                    # needs: pip install -e '.[demo]'
+    crlf demo      runs/r1 [--host 127.0.0.1] [--port 7860] [--probe FILE]     # needs: pip install -e '.[demo]'
     crlf export    runs/r1 --format onnx|torchscript --out encoder.onnx         # onnx needs: pip install -e '.[export]'
     crlf curate    runs/r1 --data my_images/ --out curation --select 100        # duplicates, outliers, what to label
     crlf classify  runs/r1 --labelled labelled/ --data my_images/ --out predictions.csv
@@ -29,6 +29,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from crlf.curate.arguments import add_classify, add_curate
 from crlf.errors import Interrupted, TrainingStopped, UsageError
 
 # flag -> (config section, key)
@@ -162,6 +163,8 @@ def build_parser() -> Parser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--data", help="another copy of the run's data, if it has moved")
+    p.add_argument("--probe", type=Path, metavar="FILE",
+                   help="serve the classes of a probe saved by crlf classify --save-probe")
     p.set_defaults(_parser=p)
     p = sub.add_parser("export", help="the encoder as one ONNX or TorchScript file (dynamic batch), no CRLF needed",
                        description="Exports the run's encoder in eval mode: input (B, 3, S, S) float32 normalised "
@@ -174,56 +177,9 @@ def build_parser() -> Parser:
     p.add_argument("--out", type=Path, help="output file (default: RUN/encoder.onnx or RUN/encoder.torchscript.pt)")
     p.add_argument("--image-size", type=int, help="input side S in pixels (default: the run's data.image_size)")
     p.set_defaults(_parser=p)
-    _add_curate(sub)
-    _add_classify(sub)
+    add_curate(sub)
+    add_classify(sub)
     return parser
-
-
-def _add_curate(sub) -> None:
-    from crlf.curate.duplicates import DUP_THRESHOLD, PIXEL_THRESHOLD
-
-    p = sub.add_parser(
-        "curate", help="duplicates, outliers, what to label first, label issues of a folder -> CSVs + curation.html",
-        description="Embeds DIR with the run's encoder and writes OUT/duplicates.csv, outliers.csv, "
-                    "selection.csv (--select), label_issues.csv (class folders or --labels), skipped.csv and "
-                    "curation.html. Nothing in DIR is moved, deleted or written.")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--data", required=True, help="image folder or archive (file names are relative to it)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (outside --data)")
-    p.add_argument("--select", type=int, metavar="N", help="choose N images to label first -> selection.csv")
-    p.add_argument("--strategy", choices=["typical", "diverse", "random"], default="typical",
-                   help="typical: TypiClust (default, best with few labels); diverse: greedy k-center; random")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--labels", type=Path, metavar="CSV", help="labels as a CSV with columns file,label (file "
-                   "relative to --data); default: the class folders, if any")
-    p.add_argument("--dup-threshold", type=float, default=DUP_THRESHOLD,
-                   help=f"cosine similarity from which neighbours are duplicate candidates (default {DUP_THRESHOLD})")
-    p.add_argument("--pixel-threshold", type=float, default=PIXEL_THRESHOLD,
-                   help=f"correlation of aligned thumbnails that confirms a candidate (default {PIXEL_THRESHOLD})")
-    p.add_argument("--exclude-outliers", type=float, default=0.01, metavar="FRACTION",
-                   help="share of most unusual images never selected (default 0.01)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(_parser=p)
-
-
-def _add_classify(sub) -> None:
-    p = sub.add_parser(
-        "classify", help="a linear probe from a few labelled images, applied to a folder -> predictions.csv",
-        description="Fits the evaluation's linear probe on the run's frozen features of the labelled images, "
-                    "prints its cross-validated accuracy, and writes file,label,confidence plus the 2nd and "
-                    "3rd labels for every image of --data.")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--labelled", help="class folders (<class>/*.jpg) or a CSV file,label with files relative "
-                                      "to --data (not needed with --probe)")
-    p.add_argument("--data", required=True, help="images to classify (folder or archive)")
-    p.add_argument("--out", type=Path, required=True, help="predictions .csv")
-    p.add_argument("--save-probe", type=Path, metavar="FILE", help="keep the probe (.safetensors + class names)")
-    p.add_argument("--probe", type=Path, metavar="FILE", help="reuse a probe saved with --save-probe")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(_parser=p)
 
 
 def train_overrides(args: argparse.Namespace) -> dict:
@@ -391,7 +347,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "demo":
         from crlf.demo import serve
 
-        serve(args.run_dir, args.host, args.port, args.data)
+        serve(args.run_dir, args.host, args.port, args.data, args.probe)
     elif args.command == "export":
         _export(args)
     elif args.command == "curate":

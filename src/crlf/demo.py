@@ -289,7 +289,13 @@ def build_app(backend: DemoBackend):
     run = backend.run
     m = run.metrics
     scores = ""
-    if "linear_top1" in m:
+    if run.probe_path is not None:  # crlf demo --probe: the classes of a probe made by crlf classify
+        cv = run.probe_info.get("cross_validated_accuracy")
+        scores = (f" Classes served: the probe `{run.probe_path.name}` ({len(run.probe_classes)} classes: "
+                  f"{', '.join(run.probe_classes)}"
+                  + (f"; cross-validated accuracy **{cv:.1%}** on its {run.probe_info.get('num_labelled')} labelled "
+                     f"images" if isinstance(cv, (int, float)) else "") + ").")
+    elif "linear_top1" in m:
         scores = f" Test accuracy: linear probe **{m['linear_top1']:.1%}**, kNN **{m.get('knn_top1', 0):.1%}**."
     header = (f"## CRLF demo: run `{run.run_dir.name}`\n{run.encoder.arch} encoder ({run.cfg.method.name}) on "
               f"{m.get('data', run.cfg.data.source)}, {len(run.index):,} training images, "
@@ -350,7 +356,8 @@ class Demo:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: str | None = None) -> Demo:
+def start(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: str | None = None,
+          probe: str | Path | None = None) -> Demo:
     """Load the run and start serving in a background thread; returns once the page answers."""
     t0 = time.perf_counter()
     require_gradio()
@@ -359,7 +366,7 @@ def start(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: 
     if not _name_uploads_ourselves():
         print("crlf: warning: this Gradio version keeps uploads under their own (sanitised) file names, "
               "in the demo's private temporary folder.", file=sys.stderr)
-    run = RunSearch(run_dir, data=data)
+    run = RunSearch(run_dir, data=data, probe=probe)
     workdir = Path(tempfile.mkdtemp(prefix="crlf-demo-"))  # private (0700), removed on close
     # Gradio keeps each upload in its cache folder; unless the user chose one, that is our private folder.
     own_env = "GRADIO_TEMP_DIR" not in os.environ
@@ -387,13 +394,14 @@ def start(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: 
     return Demo(app, backend, f"http://{shown}:{port}/", workdir, own_env, time.perf_counter() - t0)
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: str | None = None) -> None:
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: str | None = None,
+          probe: str | Path | None = None) -> None:
     """``crlf demo``: start, say where, and serve until Ctrl-C."""
     require_gradio()  # before any loading: a missing extra is said at once
     warning = host_warning(host)
     if warning:
         print(f"crlf: warning: {warning}", file=sys.stderr)
-    demo = start(run_dir, host, port, data)
+    demo = start(run_dir, host, port, data, probe)
     print(f"demo of {run_dir} ready in {demo.ready_s:.1f} s at {demo.url}  (Ctrl-C to stop)", flush=True)
 
     def stop(signum, frame):  # SIGTERM (kill, systemd, docker stop) ends like Ctrl-C: cleanly

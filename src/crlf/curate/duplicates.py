@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-DUP_THRESHOLD = 0.80  # cosine similarity of candidates: calibrated in bench/curate.py
-PIXEL_THRESHOLD = 0.90  # normalised cross-correlation of aligned thumbnails: bench/curate.py
+from crlf.curate import DUP_THRESHOLD, PIXEL_THRESHOLD
+
 THUMB = 16  # thumbnail side for the pixel check
 SCALES = (1.0, 0.9, 0.8)  # side of the crop a copy may be: 0.8 x 0.8 = 64 % of the area, below the 80 % asked
 OFFSETS = 3  # positions per axis of each crop (corners and centre)
