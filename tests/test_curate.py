@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-from helpers_curate import checkerboard, make_curation_folder, make_plain_folder, smooth_image, snapshot
 from PIL import Image
 
 from crlf.cli import main
@@ -22,6 +21,8 @@ from crlf.curate.graph import knn_graph, unit
 from crlf.curate.label_issues import class_thresholds, find_label_issues, out_of_fold_probabilities
 from crlf.curate.outliers import global_score, local_score, outlier_scores, typicality
 from crlf.curate.select import select
+
+from helpers_curate import checkerboard, make_curation_folder, make_plain_folder, smooth_image, snapshot
 
 
 def read_csv(path):

@@ -18,7 +18,7 @@ import torch
 
 from crlf.curate.command import write_csv
 from crlf.curate.label_issues import out_of_fold_probabilities
-from crlf.curate.source import Images, embed_images, load_images, read_labels_csv
+from crlf.curate.source import Images, embed_images, load_images, read_labels_csv, single_top
 from crlf.errors import UsageError
 from crlf.evaluate import LinearProbe, train_linear_probe
 from crlf.io import atomic_write_bytes
@@ -81,6 +81,9 @@ def _labelled_features(run_dir: Path, labelled: str, data_images: Images, data_x
                          f"(<class>/*.jpg) or a CSV with columns file,label.")
     images = load_images(labelled, image_size, progress)
     if not images.classes:
+        top = single_top(Path(labelled).expanduser())
+        if top:  # one class folder: the loader reads it as a flat folder of unlabelled images
+            check_classes(np.zeros(len(images.files), np.int64), [top], f"--labelled '{labelled}'")
         raise UsageError(f"--labelled '{labelled}' has no class folders; put the images in <class>/ folders "
                          f"or pass a CSV with columns file,label.")
     x, _ = embed_images(run_dir, images, device, progress)

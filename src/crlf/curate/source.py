@@ -53,13 +53,14 @@ class Images:
     checksum: str = ""
 
 
-def _relative(root: Path, name: str, top: str | None) -> str:
+def _relative(name: str, top: str | None) -> str:
     """A decoded member name relative to ``root``: the loader strips one folder that holds everything
     (``cifar10-jpeg/train/...``); a user acting on the lists needs it back."""
     return f"{top}/{name}" if top else name
 
 
-def _single_top(root: Path) -> str | None:
+def single_top(root: Path) -> str | None:
+    """The one folder that holds everything in ``root`` (which the loader strips from names), if any."""
     if not root.is_dir():
         return None
     entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
@@ -74,12 +75,12 @@ def load_images(data: str, image_size: int, progress: bool = True) -> Images:
 
     dataset = load_dataset(data, image_size, on_bad_image="skip", progress=progress)
     root = Path(data).expanduser()
-    top = _single_top(root)
+    top = single_top(root)
     splits = [(name, s) for name, s in (("train", dataset.train), ("test", dataset.test),
                                         ("unlabeled", dataset.unlabeled)) if s is not None]
     files = []
     for name, s in splits:
-        files += [_relative(root, f, top) for f in s.files] if s.files else [f"{name}/{i}" for i in range(len(s))]
+        files += [_relative(f, top) for f in s.files] if s.files else [f"{name}/{i}" for i in range(len(s))]
     skipped = []
     for where, reason in dataset.skipped:  # the loader names them by full path: make them relative too
         rel = where[len(str(root)):].lstrip("/\\") if where.startswith(str(root)) else where
