@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,3 +328,19 @@ def test_curate_bad_input_is_named_with_exit_2(tiny_run, tmp_path, capsys, case,
     assert message in capsys.readouterr().err
     if case == "out-inside":
         assert not out.exists()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists(),
+                    reason="chromium is not installed (apt-get install -y chromium)")
+def test_curation_page_renders_in_headless_chromium(curated, tmp_path):
+    """Every thumbnail decodes in a real browser (as report.html is checked in tests/test_report.py)."""
+    from test_report import CHROMIUM, CHROMIUM_FLAGS, PROBE
+
+    _, out, _ = curated
+    page = tmp_path / "page.html"
+    page.write_text((out / "curation.html").read_text().replace("</body>", PROBE + "</body>"))
+    result = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                             "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    flags = re.search(r'data-images="([01]*)"', result.stdout)
+    assert flags and flags.group(1) and set(flags.group(1)) == {"1"}

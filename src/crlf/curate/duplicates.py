@@ -2,7 +2,7 @@
 
 Embedding similarity alone is not precise enough: with a 56 %-linear CIFAR-10 encoder, planted near-copies
 have cosine similarity 0.95-0.98 but so do plenty of distinct images of one kind (issue 19). So embeddings
-only propose candidate pairs (neighbours above ``threshold``) and pixels decide: each image's greyscale
+only propose candidate pairs (neighbours above ``threshold``) and pixels decide: each image's colour
 thumbnail is compared with aligned views of the other one (flipped or not, cropped at a few scales and
 offsets: the edits a copy goes through) by normalised cross-correlation. Exact copies (identical decoded
 pixels) are found by hashing and need no threshold.
@@ -58,10 +58,9 @@ def candidate_pairs(sims: np.ndarray, idx: np.ndarray, threshold: float) -> np.n
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2).astype(np.int64)
 
 
-def _grey(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``(B, 3, S, S)`` -> float ``(B, 1, S, S)`` luminance."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float()
-    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+def _float(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(B, 3, S, S)`` -> float ``(B, 3, S, S)``."""
+    return torch.from_numpy(np.ascontiguousarray(images)).float()
 
 
 def _boxes(side: int) -> torch.Tensor:
@@ -76,24 +75,25 @@ def _boxes(side: int) -> torch.Tensor:
 
 
 def _standardise(t: torch.Tensor) -> torch.Tensor:
-    """Thumbnails ``(..., T*T)`` -> zero mean, unit norm; a flat thumbnail (std under 2 grey levels) stays
-    near zero so that two plain frames are not called copies of each other by correlation."""
+    """Thumbnails ``(..., 3*T*T)`` -> zero mean, unit norm, over the three channels together: a copy may be
+    brighter or of higher contrast (re-encoding), but a change of tint changes the pattern. A flat thumbnail
+    (std under 2 grey levels) stays near zero, so two plain frames are not called copies by correlation."""
     t = t - t.mean(-1, keepdim=True)
     return t / t.norm(dim=-1, keepdim=True).clamp_min(2.0 * t.shape[-1] ** 0.5)
 
 
 def thumbnails(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(whole image ``(B, T*T)``, aligned views ``(B, V, T*T)``: crops at SCALES, each also mirrored),
-    standardised, for ``images`` ``(B, 3, S, S)``."""
-    grey = _grey(images)  # (B, 1, S, S)
-    b, side = len(grey), grey.shape[-1]
+    """(whole image ``(B, 3*T*T)``, aligned views ``(B, V, 3*T*T)``: crops at SCALES, each also mirrored),
+    standardised, for ``images`` ``(B, 3, S, S)`` uint8."""
+    x = _float(images)  # (B, 3, S, S)
+    b, side = len(x), x.shape[-1]
     boxes = _boxes(side)  # (v, 4)
     rois = torch.cat([torch.arange(b).repeat_interleave(len(boxes))[:, None].float(), boxes.repeat(b, 1)], 1)
-    views = roi_align(grey, rois, THUMB, spatial_scale=1.0, sampling_ratio=2, aligned=True)  # (B*v, 1, T, T)
-    views = views.reshape(b, len(boxes), THUMB * THUMB)
-    mirrored = roi_align(grey.flip(-1), rois, THUMB, 1.0, 2, True).reshape(b, len(boxes), THUMB * THUMB)
+    size = 3 * THUMB * THUMB
+    views = roi_align(x, rois, THUMB, spatial_scale=1.0, sampling_ratio=2, aligned=True).reshape(b, len(boxes), size)
+    mirrored = roi_align(x.flip(-1), rois, THUMB, 1.0, 2, True).reshape(b, len(boxes), size)  # (B, v, 3*T*T)
     whole = views[:, 0]  # the first box is the whole image
-    return _standardise(whole), _standardise(torch.cat([views, mirrored], 1))  # (B, T*T), (B, 2v, T*T)
+    return _standardise(whole), _standardise(torch.cat([views, mirrored], 1))  # (B, 3*T*T), (B, 2v, 3*T*T)
 
 
 def pixel_similarity(images: np.ndarray, pairs: np.ndarray, batch: int = 1024, progress: bool = False) -> np.ndarray:
@@ -109,7 +109,7 @@ def pixel_similarity(images: np.ndarray, pairs: np.ndarray, batch: int = 1024, p
                       leave=False):
         chunk = pairs[start:start + batch]  # (p, 2)
         rows, inverse = np.unique(chunk, return_inverse=True)
-        whole, views = thumbnails(images[rows])  # (r, T*T), (r, V, T*T)
+        whole, views = thumbnails(images[rows])  # (r, 3*T*T), (r, V, 3*T*T)
         a, b = torch.from_numpy(inverse.reshape(-1, 2)[:, 0]), torch.from_numpy(inverse.reshape(-1, 2)[:, 1])
         ab = torch.einsum("pd,pvd->pv", whole[a], views[b]).amax(1)  # a against b's views, (p,)
         ba = torch.einsum("pd,pvd->pv", whole[b], views[a]).amax(1)  # b against a's views
