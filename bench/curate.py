@@ -303,9 +303,15 @@ def main(argv=None) -> int:
     from crlf.curate.source import embed_images, load_images
     from crlf.data.sources import balanced_subset, load_dataset
 
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every section: a long run that is cut short keeps what it measured
+        args.out.write_text(json.dumps(result, indent=1))
+
     cfg = load_run_config(args.run)
     ds = load_dataset(args.data, cfg.data.image_size, progress=True)
-    result = {"run": str(args.run), "data": ds.description, "base": args.base, "command": " ".join(sys.argv)}
+    result = {"run": str(args.run), "data": ds.description, "base": args.base, "command": " ".join(sys.argv),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     work = Path(tempfile.mkdtemp(prefix="crlf-bench-curate-"))
     base = balanced_subset(ds.train, args.base, seed=0)
     folder = work / "faulted"
@@ -315,6 +321,7 @@ def main(argv=None) -> int:
     out = work / "curation"
     cmd = [sys.executable, "-m", "crlf", "curate", str(args.run), "--data", str(folder), "--out", str(out),
            "--select", "100", "--device", "cpu", "--quiet"]
+    print(" ".join(cmd), flush=True)
     wall, peak = run_measured(cmd)
     summary = json.loads((out / "curation.json").read_text())
     result["curate"] = {"wall_s": wall, "peak_rss_gib": peak, "times_s": summary["times_s"],
@@ -330,6 +337,7 @@ def main(argv=None) -> int:
     result["threshold_grid"] = threshold_grid(files, x, images.images, truth)
     for key in ("duplicates", "outliers", "label_issues"):
         print(key, json.dumps({k: v for k, v in result[key].items() if k != "unplanted_examples"}), flush=True)
+    save()
     if not args.skip_selection:
         # Clean training embeddings of the whole split (the run's own, or computed) and the test split.
         full = load_images(args.data, cfg.data.image_size, progress=False)
@@ -337,6 +345,7 @@ def main(argv=None) -> int:
         n_train = len(full.splits[0][1])
         labels = full.labels
         result["selection"] = selection(emb[:n_train], labels[:n_train], emb[n_train:], labels[n_train:])
+        save()
     if args.synthetic:
         script = work / "synthetic.py"
         script.write_text(SYNTHETIC)
@@ -346,8 +355,7 @@ def main(argv=None) -> int:
         result["synthetic"] = json.loads((work / "synthetic.json").read_text()) | {
             "rows": args.synthetic, "dim": 512, "wall_s": time.perf_counter() - t0}
         print("synthetic", result["synthetic"], flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    save()
     print(f"wrote {args.out}")
     return 0
 

@@ -138,3 +138,21 @@ def test_demo_refuses_a_probe_of_another_width(tiny_run, tmp_path, capsys):
     save_probe(tmp_path / "p.safetensors", probe, ["a", "b"], {})
     assert main(["demo", str(tiny_run), "--probe", str(tmp_path / "p.safetensors"), "--port", "0"]) == 2
     assert "7-d features" in capsys.readouterr().err
+
+
+def test_demo_with_a_probe_serves_a_run_that_was_never_evaluated(tiny_run, classified, folders, tmp_path):
+    """The usual case for a probe: pretrained on unlabeled images, so no evaluation, no neighbour bank."""
+    from crlf.demo import DemoBackend
+    from crlf.search import RunSearch
+
+    run_dir = tmp_path / "pretrained-only"
+    shutil.copytree(tiny_run, run_dir)
+    for name in ("train_embeddings.npy", "train_labels.npy", "test_embeddings.npy", "test_labels.npy",
+                 "linear_probe.safetensors", "metrics.json"):
+        (run_dir / name).unlink()
+    run = RunSearch(run_dir, probe=classified / "probe.safetensors")
+    backend = DemoBackend(run, tmp_path / "work")
+    pool, _ = folders
+    gallery, _, status = backend.details(str(sorted(pool.iterdir())[0]))
+    assert gallery == [] and "Linear probe: **" in status and "Nearest" not in status
+    assert {name for name, _ in run.predict(run.embed(np.zeros((3, 32, 32), np.uint8)))} == {"brick", "grass", "sea"}

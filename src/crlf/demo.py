@@ -143,7 +143,7 @@ class DemoBackend:
         """The first test image of each class as a PNG in the demo's private folder (our own file names)."""
         from PIL import Image
 
-        test = self.run.dataset.test
+        test = self.run.dataset.test if self.run.dataset is not None else None
         if test is None:
             return []
         folder = self.workdir / "examples"
@@ -212,9 +212,10 @@ class DemoBackend:
         gallery = [(to_pil(self.run.train_image(n.index), THUMB_SIDE), f"{n.label} {n.similarity:.2f}")
                    for n in neighbours]
         top_label, top_p = self.run.predict(features, top=1)[0]
-        status = (f"Linear probe: **{top_label}** ({top_p:.1%}). Nearest training image: **{neighbours[0].label}** "
-                  f"(cosine {neighbours[0].similarity:.3f}). The encoder saw the image centre-cropped to "
-                  f"{self.run.image_size}×{self.run.image_size}.")
+        nearest = (f"Nearest training image: **{neighbours[0].label}** (cosine {neighbours[0].similarity:.3f}). "
+                   if neighbours else "")
+        status = (f"Linear probe: **{top_label}** ({top_p:.1%}). {nearest}The encoder saw the image centre-cropped "
+                  f"to {self.run.image_size}×{self.run.image_size}.")
         point = self.pca.transform(features[None])[0] if self.pca is not None else None
         return gallery, self.render_map(point, top_label), status
 
@@ -298,8 +299,9 @@ def build_app(backend: DemoBackend):
     elif "linear_top1" in m:
         scores = f" Test accuracy: linear probe **{m['linear_top1']:.1%}**, kNN **{m.get('knn_top1', 0):.1%}**."
     header = (f"## CRLF demo: run `{run.run_dir.name}`\n{run.encoder.arch} encoder ({run.cfg.method.name}) on "
-              f"{m.get('data', run.cfg.data.source)}, {len(run.index):,} training images, "
-              f"{len(run.classes)} classes.{scores}")
+              f"{m.get('data', run.cfg.data.source)}, "
+              + (f"{len(run.index):,} training images, {len(run.classes)} classes." if run.index is not None
+                 else "not evaluated (no training images to show as neighbours).") + scores)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "DejaVu Sans Mono", "monospace"])
     blocks_kwargs = {"title": f"CRLF demo: {run.run_dir.name}", "analytics_enabled": False}
     if "theme" in inspect.signature(gr.Blocks.__init__).parameters and "theme" not in inspect.signature(gr.Blocks.launch).parameters:

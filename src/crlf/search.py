@@ -114,7 +114,11 @@ class RunSearch:
 
         self.run_dir = run_dir = Path(run_dir)
         self.cfg = cfg = load_run_config(run_dir)
-        needed = ["train_embeddings.npy", "train_labels.npy"] + ([] if probe else ["linear_probe.safetensors"])
+        bank = ["train_embeddings.npy", "train_labels.npy"]
+        # With a probe of crlf classify, a run pretrained on unlabeled images (never evaluated) still classifies;
+        # it only has no labelled training images to show as neighbours.
+        has_bank = all((run_dir / name).is_file() for name in bank)
+        needed = ([] if probe and not has_bank else bank) + ([] if probe else ["linear_probe.safetensors"])
         missing = [name for name in needed if not (run_dir / name).is_file()]
         if missing:
             raise UsageError(f"'{run_dir}' has no {', '.join(missing)}; run crlf evaluate {run_dir} first.")
@@ -139,9 +143,16 @@ class RunSearch:
             loaded, self.probe_classes, self.probe_info = load_probe(self.probe_path)
             self.probe = {"weight": loaded.weight, "bias": loaded.bias, "mean": loaded.mean, "std": loaded.std}
             self.classes = list(self.metrics.get("classes", []))
-            if not self.classes:
+            if not self.classes and (run_dir / "linear_probe.safetensors").is_file():
                 with safe_open(str(run_dir / "linear_probe.safetensors"), framework="pt") as f:
                     self.classes = json.loads((f.metadata() or {}).get("classes", "[]"))
+        if not has_bank:
+            self.index = self.dataset = self.train = None
+            width = self.embed(np.zeros((3, self.image_size, self.image_size), np.uint8)).shape[0]
+            if self.probe["weight"].shape[1] != width:
+                raise UsageError(f"probe '{self.probe_path}' takes {self.probe['weight'].shape[1]}-d features but "
+                                 f"the encoder of '{run_dir}' gives {width}-d: it was made with another run.")
+            return
         self.index = NeighbourIndex(load_array(run_dir / "train_embeddings.npy"), load_array(run_dir / "train_labels.npy"))
         # The images are not in the run folder: the run's own source, cached after its first decode, and
         # the same class-balanced subset (same order) that train_embeddings.npy was computed from.
@@ -180,6 +191,8 @@ class RunSearch:
         return [(self.probe_classes[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
 
     def neighbours(self, features: np.ndarray, k: int = 8) -> list[Neighbour]:
+        if self.index is None:  # a run that was never evaluated, served with a probe of crlf classify
+            return []
         sims, idx = self.index.query(features, k)
         return [self._neighbour(r, int(i), float(s)) for r, (s, i) in enumerate(zip(sims[0], idx[0]), start=1)]
 
@@ -190,6 +203,8 @@ class RunSearch:
 
     def class_extremes(self, class_name: str, n: int = 8) -> tuple[list[Neighbour], list[Neighbour]]:
         """The ``n`` most and least typical training images of a class (similarity to the class centre)."""
+        if self.index is None:
+            return [], []
         if class_name not in self.classes:
             raise UsageError(f"unknown class '{class_name}'; the run's classes are {', '.join(self.classes)}")
         idx, sims = self.index.class_ranking(self.classes.index(class_name))
