@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 NEAR, EXACT, LONE, CLUSTER, FLIP = 100, 50, 20, 60, 0.05
 BUDGETS, SEEDS, STRATEGIES = (10, 100, 1000), (0, 1, 2, 3, 4), ("typical", "diverse", "random")
+GRID_EMB = (0.8, 0.85, 0.9, 0.93, 0.95)  # embedding thresholds of the calibration grid (482k candidate pairs at 0.8)
 PROBE_WD = 1e-3  # fixed for the selection probe: 10 labels leave nothing to choose a weight decay on
 
 
@@ -176,14 +177,12 @@ def auroc(files: list[str], score: dict[str, float], positives: set[str], negati
     return float(roc_auc_score([f in positives for f in keep], [score[f] for f in keep]))
 
 
-def score_outliers(out: Path, files: list[str], x: np.ndarray, truth: dict) -> dict:
-    from crlf.curate.graph import knn_graph
+def score_outliers(out: Path, files: list[str], x: np.ndarray, g, truth: dict) -> dict:
     from crlf.curate.outliers import global_score, local_score
 
     score = {r["file"]: float(r["score"]) for r in read_csv(out / "outliers.csv")}
     lone, cluster = set(truth["lone"]), set(truth["cluster"])
     normal = set(files) - lone - cluster
-    g = knn_graph(x, 20)
     alone = {"global": dict(zip(files, global_score(x))), "local_k20": dict(zip(files, local_score(g.similarities)))}
     res = {"auroc_all": auroc(files, score, lone | cluster, normal), "auroc_lone": auroc(files, score, lone, normal),
            "auroc_cluster": auroc(files, score, cluster, normal)}
@@ -195,7 +194,7 @@ def score_outliers(out: Path, files: list[str], x: np.ndarray, truth: dict) -> d
     return res
 
 
-def score_label_issues(out: Path, files: list[str], x: np.ndarray, given: np.ndarray, truth: dict) -> dict:
+def score_label_issues(out: Path, files: list[str], g, given: np.ndarray, truth: dict) -> dict:
     rows = read_csv(out / "label_issues.csv")
     flipped = set(truth["flipped"])
     base = set(truth["true_label"])  # planted copies and junk are not label-issue candidates here
@@ -207,9 +206,6 @@ def score_label_issues(out: Path, files: list[str], x: np.ndarray, given: np.nda
     res["suggestion_right"] = sum(truth["true_label"][r["file"]] == r["suggested"] for r in rows
                                   if r["file"] in flipped) / max(hit, 1)
     # The baseline of the issue: a plain 20-neighbour majority vote on the same embeddings.
-    from crlf.curate.graph import knn_graph
-
-    g = knn_graph(x, 20)
     votes = np.apply_along_axis(lambda r: np.bincount(r, minlength=given.max() + 1).argmax(), 1, given[g.indices])
     vote_flag = {f for f, v, y in zip(files, votes, given) if v != y and f in base}
     res["knn_vote"] = {"flagged": len(vote_flag), "precision": len(vote_flag & flipped) / max(len(vote_flag), 1),
@@ -217,13 +213,10 @@ def score_label_issues(out: Path, files: list[str], x: np.ndarray, given: np.nda
     return res
 
 
-def threshold_grid(files: list[str], x: np.ndarray, images, truth: dict) -> list[dict]:
+def threshold_grid(files: list[str], x: np.ndarray, g, images, truth: dict) -> list[dict]:
     """Edge-level precision / recall of near-copy pairs over a grid of (embedding, pixel) thresholds."""
     from crlf.curate.duplicates import candidate_pairs, exact_pairs, pixel_similarity
-    from crlf.curate.graph import knn_graph
-
-    g = knn_graph(x, 20)
-    pairs = candidate_pairs(g.similarities, g.indices, 0.6)
+    pairs = candidate_pairs(g.similarities, g.indices, GRID_EMB[0])
     exact = {tuple(p) for p in exact_pairs(images).tolist()}
     pairs = np.array([p for p in pairs.tolist() if tuple(p) not in exact]).reshape(-1, 2)
     emb = np.einsum("pd,pd->p", x[pairs[:, 0]], x[pairs[:, 1]])
@@ -232,14 +225,14 @@ def threshold_grid(files: list[str], x: np.ndarray, images, truth: dict) -> list
     true = np.array([fam.get(files[a]) is not None and fam.get(files[a]) == fam.get(files[b]) for a, b in pairs])
     planted = len(truth["near"])
     grid = []
-    for t_emb in (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
+    for t_emb in GRID_EMB:
         for t_pix in (0.8, 0.85, 0.9, 0.95):
             hit = (emb >= t_emb) & (pix >= t_pix)
             grid.append({"dup_threshold": t_emb, "pixel_threshold": t_pix, "pairs": int(hit.sum()),
                          "precision": float(true[hit].mean()) if hit.any() else 1.0,
                          "recall_near": float(true[hit].sum() / planted)})
     grid.append({"embedding_only_quantiles_of_planted": np.quantile(emb[true], [0.1, 0.5]).round(4).tolist(),
-                 "candidates_at_0.6": len(pairs)})
+                 "candidates_at_lowest": len(pairs)})
     return grid
 
 
@@ -331,10 +324,14 @@ def main(argv=None) -> int:
     x = np.load(out / "embeddings.npy")
     files = images.files
     given = images.labels
+    from crlf.curate.graph import knn_graph
+
+    g = knn_graph(x, 20)
     result["duplicates"] = score_duplicates(out, truth)
-    result["outliers"] = score_outliers(out, files, x, truth)
-    result["label_issues"] = score_label_issues(out, files, x, given, truth)
-    result["threshold_grid"] = threshold_grid(files, x, images.images, truth)
+    result["outliers"] = score_outliers(out, files, x, g, truth)
+    result["label_issues"] = score_label_issues(out, files, g, given, truth)
+    save()
+    result["threshold_grid"] = threshold_grid(files, x, g, images.images, truth)
     for key in ("duplicates", "outliers", "label_issues"):
         print(key, json.dumps({k: v for k, v in result[key].items() if k != "unplanted_examples"}), flush=True)
     save()

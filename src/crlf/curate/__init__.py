@@ -11,5 +11,5 @@ Small modules of plain functions over ``(N, D)`` embedding arrays:
 * :mod:`~crlf.curate.command`: ``crlf curate``; :mod:`~crlf.curate.classify`: ``crlf classify``.
 """
 
-DUP_THRESHOLD = 0.80  # cosine similarity of duplicate candidates: calibrated in bench/curate.py
+DUP_THRESHOLD = 0.85  # cosine similarity of duplicate candidates: calibrated in bench/curate.py
 PIXEL_THRESHOLD = 0.90  # correlation of aligned thumbnails that confirms one: bench/curate.py

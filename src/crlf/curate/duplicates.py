@@ -15,12 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.ops import roi_align
 
 from crlf.curate import DUP_THRESHOLD, PIXEL_THRESHOLD
 
-THUMB = 16  # thumbnail side for the pixel check
-SCALES = (1.0, 0.9, 0.8)  # side of the crop a copy may be: 0.8 x 0.8 = 64 % of the area, below the 80 % asked
+THUMB = 12  # thumbnail side for the pixel check
+SCALES = (1.0, 0.9)  # side of the crop a copy may be: 0.9 x 0.9 = 81 %, a crop of >= 80 % of the area
 OFFSETS = 3  # positions per axis of each crop (corners and centre)
 
 
@@ -63,15 +62,30 @@ def _float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).float()
 
 
-def _boxes(side: int) -> torch.Tensor:
-    """Crop boxes ``(V, 4)`` (x1, y1, x2, y2): every scale at OFFSETS x OFFSETS positions."""
-    boxes = []
+def _area_weights(start: int, width: int, side: int) -> np.ndarray:
+    """``(T, side)`` weights that average ``[start, start + width)`` into ``T`` equal cells (area resampling,
+    the antialiased downscale), as one matrix: resizing a crop is then a matrix product."""
+    edges = start + np.arange(THUMB + 1) * width / THUMB  # (T+1,) cell borders in source pixels
+    pixels = np.arange(side)
+    overlap = np.clip(np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels), 0, None)
+    return overlap / overlap.sum(1, keepdims=True)  # (T, side)
+
+
+def _resamplers(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column resampling matrices ``(V, T, side)`` of every view: the whole image, then crops of
+    SCALES at OFFSETS x OFFSETS integer positions; then all of them again on the mirrored image."""
+    rows, cols = [], []
     for s in SCALES:
-        w = side * s
-        for oy in np.linspace(0, side - w, OFFSETS if s < 1 else 1):
-            for ox in np.linspace(0, side - w, OFFSETS if s < 1 else 1):
-                boxes.append((ox, oy, ox + w, oy + w))
-    return torch.tensor(boxes, dtype=torch.float32)
+        w = int(round(side * s))
+        starts = sorted({int(round(v)) for v in np.linspace(0, side - w, OFFSETS if w < side else 1)})
+        for oy in starts:
+            for ox in starts:
+                rows.append(_area_weights(oy, w, side))
+                cols.append(_area_weights(ox, w, side))
+    rows, cols = np.stack(rows), np.stack(cols)
+    mirrored = cols[:, :, ::-1]  # a crop of the mirror image: the same rows, the columns read right to left
+    return (torch.tensor(np.concatenate([rows, rows]), dtype=torch.float32),
+            torch.tensor(np.concatenate([cols, mirrored]), dtype=torch.float32))
 
 
 def _standardise(t: torch.Tensor) -> torch.Tensor:
@@ -82,18 +96,19 @@ def _standardise(t: torch.Tensor) -> torch.Tensor:
     return t / t.norm(dim=-1, keepdim=True).clamp_min(2.0 * t.shape[-1] ** 0.5)
 
 
-def thumbnails(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def thumbnails(images: np.ndarray, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(whole image ``(B, 3*T*T)``, aligned views ``(B, V, 3*T*T)``: crops at SCALES, each also mirrored),
-    standardised, for ``images`` ``(B, 3, S, S)`` uint8."""
+    standardised, for ``images`` ``(B, 3, S, S)`` uint8. Each view is ``R_rows @ X @ R_cols^T`` per channel:
+    two small products instead of a resampling call per crop (an order of magnitude faster on a CPU)."""
     x = _float(images)  # (B, 3, S, S)
-    b, side = len(x), x.shape[-1]
-    boxes = _boxes(side)  # (v, 4)
-    rois = torch.cat([torch.arange(b).repeat_interleave(len(boxes))[:, None].float(), boxes.repeat(b, 1)], 1)
-    size = 3 * THUMB * THUMB
-    views = roi_align(x, rois, THUMB, spatial_scale=1.0, sampling_ratio=2, aligned=True).reshape(b, len(boxes), size)
-    mirrored = roi_align(x.flip(-1), rois, THUMB, 1.0, 2, True).reshape(b, len(boxes), size)  # (B, v, 3*T*T)
-    whole = views[:, 0]  # the first box is the whole image
-    return _standardise(whole), _standardise(torch.cat([views, mirrored], 1))  # (B, 3*T*T), (B, 2v, 3*T*T)
+    rows, cols = _resamplers(x.shape[-1])  # (V, T, S) each
+    out = []
+    for start in range(0, len(x), chunk):
+        xb = x[start:start + chunk]  # (b, 3, S, S)
+        tmp = torch.einsum("vts,bcsu->bvctu", rows, xb)  # (b, V, 3, T, S): rows resampled
+        out.append(torch.einsum("bvctu,vwu->bvctw", tmp, cols).flatten(2))  # (b, V, 3*T*T)
+    views = torch.cat(out)
+    return _standardise(views[:, 0]), _standardise(views)  # the first view is the whole image
 
 
 def pixel_similarity(images: np.ndarray, pairs: np.ndarray, batch: int = 1024, progress: bool = False) -> np.ndarray:
