@@ -290,6 +290,7 @@ def main(argv=None) -> int:
     p.add_argument("--base", type=int, default=50_000, help="clean training images in the faulted set")
     p.add_argument("--synthetic", type=int, default=1_000_000, help="rows of the scale test (0: skip)")
     p.add_argument("--skip-selection", action="store_true")
+    p.add_argument("--selection-only", action="store_true", help="only section 3 (from the run's embeddings)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"curate_{time.strftime('%Y-%m-%d')}.json")
     args = p.parse_args(argv)
     from crlf.config import load_run_config
@@ -305,6 +306,14 @@ def main(argv=None) -> int:
     ds = load_dataset(args.data, cfg.data.image_size, progress=True)
     result = {"run": str(args.run), "data": ds.description, "base": args.base, "command": " ".join(sys.argv),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if args.selection_only:
+        full = load_images(args.data, cfg.data.image_size, progress=False)
+        emb, reused = embed_images(args.run, full, "cpu", progress=True)
+        n_train = len(full.splits[0][1])
+        result["embeddings_reused_from_run"] = reused
+        result["selection"] = selection(emb[:n_train], full.labels[:n_train], emb[n_train:], full.labels[n_train:])
+        save()
+        return 0
     work = Path(tempfile.mkdtemp(prefix="crlf-bench-curate-"))
     base = balanced_subset(ds.train, args.base, seed=0)
     folder = work / "faulted"
