@@ -138,7 +138,7 @@ class RunSearch:
                                  f"{self.probe['weight'].shape[0]} outputs; run crlf evaluate {run_dir} again.")
             self.probe_classes, self.probe_info = self.classes, {}
         else:  # crlf classify --save-probe: its classes are served; neighbours keep the run's own labels
-            from crlf.curate.classify import load_probe
+            from crlf.curate.probe_file import load_probe
 
             loaded, self.probe_classes, self.probe_info = load_probe(self.probe_path)
             self.probe = {"weight": loaded.weight, "bias": loaded.bias, "mean": loaded.mean, "std": loaded.std}

@@ -9,7 +9,6 @@ a run's ``linear_probe.safetensors`` (weight, bias, feature mean and std, class 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -18,10 +17,10 @@ import torch
 
 from crlf.curate.command import write_csv
 from crlf.curate.label_issues import out_of_fold_probabilities
+from crlf.curate.probe_file import load_probe, save_probe
 from crlf.curate.source import Images, embed_images, load_images, read_labels_csv, single_top
 from crlf.errors import UsageError
 from crlf.evaluate import LinearProbe, train_linear_probe
-from crlf.io import atomic_write_bytes
 
 TOP = 3
 
@@ -38,34 +37,6 @@ def check_classes(labels: np.ndarray, classes: list[str], where: str) -> None:
     if single:
         raise UsageError(f"class '{single[0]}' in {where} has a single image; label at least 2 images of every "
                          f"class (cross-validation needs one to fit and one to check).")
-
-
-def save_probe(path: Path, probe: LinearProbe, classes: list[str], meta: dict) -> None:
-    from safetensors.torch import save as safetensors_bytes
-
-    tensors = {"weight": probe.weight, "bias": probe.bias, "mean": probe.mean, "std": probe.std}
-    metadata = {"classes": json.dumps(classes), "crlf": json.dumps(meta)}
-    atomic_write_bytes(path, safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
-
-
-def load_probe(path: Path) -> tuple[LinearProbe, list[str], dict]:
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"probe file '{path}' does not exist; make one with crlf classify ... --save-probe {path}.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {name: f.get_tensor(name).float() for name in ("weight", "bias", "mean", "std")}
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, KeyError) as exc:
-        raise UsageError(f"'{path}' is not a probe saved by crlf classify --save-probe ({exc}).") from None
-    classes = json.loads(metadata.get("classes", "[]"))
-    if len(classes) != tensors["weight"].shape[0]:
-        raise UsageError(f"'{path}' has no class names for its {tensors['weight'].shape[0]} outputs; save it "
-                         f"again with crlf classify --save-probe.")
-    probe = LinearProbe(tensors["weight"], tensors["bias"], tensors["mean"], tensors["std"], float("nan"), {})
-    return probe, classes, json.loads(metadata.get("crlf", "{}"))
 
 
 def _labelled_features(run_dir: Path, labelled: str, data_images: Images, data_x: np.ndarray, image_size: int,
