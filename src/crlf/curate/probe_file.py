@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from crlf.errors import UsageError
