@@ -330,7 +330,7 @@ def main(argv=None) -> int:
                         "images": summary["images"], "label_issues": summary.get("label_issues")}
     print(f"crlf curate: {wall:.0f} s wall, peak {peak:.2f} GiB, steps {summary['times_s']}", flush=True)
     images = load_images(str(folder), cfg.data.image_size, progress=False)  # the decode cache curate filled
-    x = np.load(out / "embeddings.npy")
+    x = np.load(out / "embeddings.npy", allow_pickle=False)
     files = images.files
     given = images.labels
     from crlf.curate.graph import knn_graph

@@ -77,7 +77,7 @@ def curate(run_dir: Path, data: str, out: Path, n_select: int | None = None, str
     out.mkdir(parents=True, exist_ok=True)
     save_array(out / "embeddings.npy", unit(raw))  # (N, D) unit rows; read back memory-mapped below
     del raw
-    x = np.load(out / "embeddings.npy", mmap_mode="r")
+    x = np.load(out / "embeddings.npy", mmap_mode="r", allow_pickle=False)
     times["embed_s"] = time.perf_counter() - t
     result = curate_embeddings(x, data_images.images, data_images.files, labels, classes, out, n_select, strategy,
                                seed, dup_threshold, pixel_threshold, outlier_fraction, k, progress, times)
