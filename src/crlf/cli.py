@@ -10,8 +10,10 @@
     crlf plot      runs/r1
     crlf embed     runs/r1 --data my_images/ --out emb.npy
     crlf search    runs/r1 photo.jpg --k 8 --out grid.png
-    crlf demo      runs/r1 [--host 127.0.0.1] [--port 7860]                    # needs: pip install -e '.[demo]'
+    crlf demo      runs/r1 [--host 127.0.0.1] [--port 7860] [--probe FILE]     # needs: pip install -e '.[demo]'
     crlf export    runs/r1 --format onnx|torchscript --out encoder.onnx         # onnx needs: pip install -e '.[export]'
+    crlf curate    runs/r1 --data my_images/ --out curation --select 100        # duplicates, outliers, what to label
+    crlf classify  runs/r1 --labelled labelled/ --data my_images/ --out predictions.csv
 
 Exit codes: 0 done, 1 training stopped (non-finite loss, out of memory), 2 bad input,
 130 / 143 interrupted by SIGINT / SIGTERM after writing a checkpoint.
@@ -27,6 +29,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from crlf.curate.arguments import add_classify, add_curate
 from crlf.errors import Interrupted, TrainingStopped, UsageError
 
 # flag -> (config section, key)
@@ -167,6 +170,8 @@ def build_parser() -> Parser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--data", help="another copy of the run's data, if it has moved")
+    p.add_argument("--probe", type=Path, metavar="FILE",
+                   help="serve the classes of a probe saved by crlf classify --save-probe")
     p.set_defaults(_parser=p)
     p = sub.add_parser("export", help="the encoder as one ONNX or TorchScript file (dynamic batch), no CRLF needed",
                        description="Exports the run's encoder in eval mode: input (B, 3, S, S) float32 normalised "
@@ -179,6 +184,8 @@ def build_parser() -> Parser:
     p.add_argument("--out", type=Path, help="output file (default: RUN/encoder.onnx or RUN/encoder.torchscript.pt)")
     p.add_argument("--image-size", type=int, help="input side S in pixels (default: the run's data.image_size)")
     p.set_defaults(_parser=p)
+    add_curate(sub)
+    add_classify(sub)
     return parser
 
 
@@ -348,9 +355,21 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "demo":
         from crlf.demo import serve
 
-        serve(args.run_dir, args.host, args.port, args.data)
+        serve(args.run_dir, args.host, args.port, args.data, args.probe)
     elif args.command == "export":
         _export(args)
+    elif args.command == "curate":
+        from crlf.curate.command import curate, summary_line
+
+        summary = curate(args.run_dir, args.data, args.out, args.select, args.strategy, args.seed, args.labels,
+                         args.dup_threshold, args.pixel_threshold, args.exclude_outliers, device=args.device,
+                         progress=not args.quiet)
+        print(summary_line(summary, args.out))
+    elif args.command == "classify":
+        from crlf.curate.classify import classify_command
+
+        classify_command(args.run_dir, args.labelled, args.data, args.out, args.save_probe, args.probe, args.seed,
+                         args.device, progress=not args.quiet)
     return 0
 
 

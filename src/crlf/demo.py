@@ -143,7 +143,7 @@ class DemoBackend:
         """The first test image of each class as a PNG in the demo's private folder (our own file names)."""
         from PIL import Image
 
-        test = self.run.dataset.test
+        test = self.run.dataset.test if self.run.dataset is not None else None
         if test is None:
             return []
         folder = self.workdir / "examples"
@@ -212,9 +212,10 @@ class DemoBackend:
         gallery = [(to_pil(self.run.train_image(n.index), THUMB_SIDE), f"{n.label} {n.similarity:.2f}")
                    for n in neighbours]
         top_label, top_p = self.run.predict(features, top=1)[0]
-        status = (f"Linear probe: **{top_label}** ({top_p:.1%}). Nearest training image: **{neighbours[0].label}** "
-                  f"(cosine {neighbours[0].similarity:.3f}). The encoder saw the image centre-cropped to "
-                  f"{self.run.image_size}×{self.run.image_size}.")
+        nearest = (f"Nearest training image: **{neighbours[0].label}** (cosine {neighbours[0].similarity:.3f}). "
+                   if neighbours else "")
+        status = (f"Linear probe: **{top_label}** ({top_p:.1%}). {nearest}The encoder saw the image centre-cropped "
+                  f"to {self.run.image_size}×{self.run.image_size}.")
         point = self.pca.transform(features[None])[0] if self.pca is not None else None
         return gallery, self.render_map(point, top_label), status
 
@@ -289,11 +290,18 @@ def build_app(backend: DemoBackend):
     run = backend.run
     m = run.metrics
     scores = ""
-    if "linear_top1" in m:
+    if run.probe_path is not None:  # crlf demo --probe: the classes of a probe made by crlf classify
+        cv = run.probe_info.get("cross_validated_accuracy")
+        scores = (f" Classes served: the probe `{run.probe_path.name}` ({len(run.probe_classes)} classes: "
+                  f"{', '.join(run.probe_classes)}"
+                  + (f"; cross-validated accuracy **{cv:.1%}** on its {run.probe_info.get('num_labelled')} labelled "
+                     f"images" if isinstance(cv, (int, float)) else "") + ").")
+    elif "linear_top1" in m:
         scores = f" Test accuracy: linear probe **{m['linear_top1']:.1%}**, kNN **{m.get('knn_top1', 0):.1%}**."
     header = (f"## CRLF demo: run `{run.run_dir.name}`\n{run.encoder.arch} encoder ({run.cfg.method.name}) on "
-              f"{m.get('data', run.cfg.data.source)}, {len(run.index):,} training images, "
-              f"{len(run.classes)} classes.{scores}")
+              f"{m.get('data', run.cfg.data.source)}, "
+              + (f"{len(run.index):,} training images, {len(run.classes)} classes." if run.index is not None
+                 else "not evaluated (no training images to show as neighbours).") + scores)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "DejaVu Sans Mono", "monospace"])
     blocks_kwargs = {"title": f"CRLF demo: {run.run_dir.name}", "analytics_enabled": False}
     if "theme" in inspect.signature(gr.Blocks.__init__).parameters and "theme" not in inspect.signature(gr.Blocks.launch).parameters:
@@ -350,7 +358,8 @@ class Demo:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: str | None = None) -> Demo:
+def start(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: str | None = None,
+          probe: str | Path | None = None) -> Demo:
     """Load the run and start serving in a background thread; returns once the page answers."""
     t0 = time.perf_counter()
     require_gradio()
@@ -359,7 +368,7 @@ def start(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: 
     if not _name_uploads_ourselves():
         print("crlf: warning: this Gradio version keeps uploads under their own (sanitised) file names, "
               "in the demo's private temporary folder.", file=sys.stderr)
-    run = RunSearch(run_dir, data=data)
+    run = RunSearch(run_dir, data=data, probe=probe)
     workdir = Path(tempfile.mkdtemp(prefix="crlf-demo-"))  # private (0700), removed on close
     # Gradio keeps each upload in its cache folder; unless the user chose one, that is our private folder.
     own_env = "GRADIO_TEMP_DIR" not in os.environ
@@ -387,13 +396,14 @@ def start(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: 
     return Demo(app, backend, f"http://{shown}:{port}/", workdir, own_env, time.perf_counter() - t0)
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: str | None = None) -> None:
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: str | None = None,
+          probe: str | Path | None = None) -> None:
     """``crlf demo``: start, say where, and serve until Ctrl-C."""
     require_gradio()  # before any loading: a missing extra is said at once
     warning = host_warning(host)
     if warning:
         print(f"crlf: warning: {warning}", file=sys.stderr)
-    demo = start(run_dir, host, port, data)
+    demo = start(run_dir, host, port, data, probe)
     print(f"demo of {run_dir} ready in {demo.ready_s:.1f} s at {demo.url}  (Ctrl-C to stop)", flush=True)
 
     def stop(signum, frame):  # SIGTERM (kill, systemd, docker stop) ends like Ctrl-C: cleanly

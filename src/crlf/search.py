@@ -105,7 +105,8 @@ class Neighbour:
 class RunSearch:
     """A finished run, loaded for queries: encoder, linear probe, the neighbour index and the training images."""
 
-    def __init__(self, run_dir: str | Path, data: str | None = None, device: str = "cpu", progress: bool = False):
+    def __init__(self, run_dir: str | Path, data: str | None = None, device: str = "cpu", progress: bool = False,
+                 probe: str | Path | None = None):
         from safetensors import safe_open
 
         from crlf.data.sources import balanced_subset, load_dataset
@@ -113,7 +114,11 @@ class RunSearch:
 
         self.run_dir = run_dir = Path(run_dir)
         self.cfg = cfg = load_run_config(run_dir)
-        needed = ["train_embeddings.npy", "train_labels.npy", "linear_probe.safetensors"]
+        bank = ["train_embeddings.npy", "train_labels.npy"]
+        # With a probe of crlf classify, a run pretrained on unlabeled images (never evaluated) still classifies;
+        # it only has no labelled training images to show as neighbours.
+        has_bank = all((run_dir / name).is_file() for name in bank)
+        needed = ([] if probe and not has_bank else bank) + ([] if probe else ["linear_probe.safetensors"])
         missing = [name for name in needed if not (run_dir / name).is_file()]
         if missing:
             raise UsageError(f"'{run_dir}' has no {', '.join(missing)}; run crlf evaluate {run_dir} first.")
@@ -122,13 +127,32 @@ class RunSearch:
         self.encoder.requires_grad_(False)
         metrics_path = run_dir / "metrics.json"
         self.metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        with safe_open(str(run_dir / "linear_probe.safetensors"), framework="pt") as probe:
-            classes = (probe.metadata() or {}).get("classes")
-            self.classes: list[str] = json.loads(classes) if classes else list(self.metrics.get("classes", []))
-            self.probe = {name: probe.get_tensor(name).float() for name in ("weight", "bias", "mean", "std")}
-        if len(self.classes) != self.probe["weight"].shape[0]:
-            raise UsageError(f"'{run_dir}/linear_probe.safetensors' has no class names for its "
-                             f"{self.probe['weight'].shape[0]} outputs; run crlf evaluate {run_dir} again.")
+        self.probe_path = Path(probe) if probe else None
+        if self.probe_path is None:
+            with safe_open(str(run_dir / "linear_probe.safetensors"), framework="pt") as f:
+                classes = (f.metadata() or {}).get("classes")
+                self.classes: list[str] = json.loads(classes) if classes else list(self.metrics.get("classes", []))
+                self.probe = {name: f.get_tensor(name).float() for name in ("weight", "bias", "mean", "std")}
+            if len(self.classes) != self.probe["weight"].shape[0]:
+                raise UsageError(f"'{run_dir}/linear_probe.safetensors' has no class names for its "
+                                 f"{self.probe['weight'].shape[0]} outputs; run crlf evaluate {run_dir} again.")
+            self.probe_classes, self.probe_info = self.classes, {}
+        else:  # crlf classify --save-probe: its classes are served; neighbours keep the run's own labels
+            from crlf.curate.probe_file import load_probe
+
+            loaded, self.probe_classes, self.probe_info = load_probe(self.probe_path)
+            self.probe = {"weight": loaded.weight, "bias": loaded.bias, "mean": loaded.mean, "std": loaded.std}
+            self.classes = list(self.metrics.get("classes", []))
+            if not self.classes and (run_dir / "linear_probe.safetensors").is_file():
+                with safe_open(str(run_dir / "linear_probe.safetensors"), framework="pt") as f:
+                    self.classes = json.loads((f.metadata() or {}).get("classes", "[]"))
+        if not has_bank:
+            self.index = self.dataset = self.train = None
+            width = self.embed(np.zeros((3, self.image_size, self.image_size), np.uint8)).shape[0]
+            if self.probe["weight"].shape[1] != width:
+                raise UsageError(f"probe '{self.probe_path}' takes {self.probe['weight'].shape[1]}-d features but "
+                                 f"the encoder of '{run_dir}' gives {width}-d: it was made with another run.")
+            return
         self.index = NeighbourIndex(load_array(run_dir / "train_embeddings.npy"), load_array(run_dir / "train_labels.npy"))
         # The images are not in the run folder: the run's own source, cached after its first decode, and
         # the same class-balanced subset (same order) that train_embeddings.npy was computed from.
@@ -138,6 +162,10 @@ class RunSearch:
         except UsageError as exc:
             raise UsageError(f"cannot load the run's training images: {exc} Pass --data with a copy of them.") from None
         self.train = balanced_subset(self.dataset.train, cfg.data.limit, seed=cfg.train.seed)
+        width = self.probe["weight"].shape[1]
+        if width != self.index.vectors.shape[1]:
+            raise UsageError(f"probe '{self.probe_path}' takes {width}-d features but the encoder of '{run_dir}' "
+                             f"gives {self.index.vectors.shape[1]}-d: it was made with another run.")
         if len(self.train) != len(self.index):
             raise UsageError(f"'{source}' gives {len(self.train):,} training images but the run has "
                              f"{len(self.index):,} embeddings; pass --data with the data the run was evaluated on.")
@@ -159,10 +187,12 @@ class RunSearch:
         x = torch.as_tensor(features, dtype=torch.float32).reshape(1, -1)  # (1, D)
         logits = ((x - p["mean"]) / p["std"]) @ p["weight"].T + p["bias"]  # (1, C)
         probs = logits.softmax(dim=1)[0].double()  # (C,)
-        values, idx = probs.topk(min(top, len(self.classes)))
-        return [(self.classes[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
+        values, idx = probs.topk(min(top, len(self.probe_classes)))
+        return [(self.probe_classes[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
 
     def neighbours(self, features: np.ndarray, k: int = 8) -> list[Neighbour]:
+        if self.index is None:  # a run that was never evaluated, served with a probe of crlf classify
+            return []
         sims, idx = self.index.query(features, k)
         return [self._neighbour(r, int(i), float(s)) for r, (s, i) in enumerate(zip(sims[0], idx[0]), start=1)]
 
@@ -173,6 +203,8 @@ class RunSearch:
 
     def class_extremes(self, class_name: str, n: int = 8) -> tuple[list[Neighbour], list[Neighbour]]:
         """The ``n`` most and least typical training images of a class (similarity to the class centre)."""
+        if self.index is None:
+            return [], []
         if class_name not in self.classes:
             raise UsageError(f"unknown class '{class_name}'; the run's classes are {', '.join(self.classes)}")
         idx, sims = self.index.class_ranking(self.classes.index(class_name))
