@@ -58,7 +58,7 @@ def config_path(name: str):
 
 def test_registry_names_match_their_classes():
     assert METHOD_NAMES == ("simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "vicreg", "barlowtwins", "dino",
-                            "nnclr", "fastsiam", "mae")
+                            "nnclr", "fastsiam", "mae", "ijepa")
     for name in METHODS:
         cls = method_class(name)
         assert issubclass(cls, Method) and cls.name == name

@@ -25,6 +25,7 @@ METHODS: dict[str, str] = {
     "nnclr": "crlf.methods.nnclr:NNCLR",
     "fastsiam": "crlf.methods.fastsiam:FastSiam",
     "mae": "crlf.methods.mae:MAE",
+    "ijepa": "crlf.methods.ijepa:IJEPA",
 }
 METHOD_NAMES = tuple(METHODS)
 
