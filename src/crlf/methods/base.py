@@ -127,6 +127,14 @@ def vision_transformer(backbone: nn.Module, method: str) -> nn.Module:
     return model
 
 
+def patch_tokens(vit: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A timm ViT's patch tokens with their position code, prefix (class) tokens first: ``(B, P + N, C)``, and
+    the patch grid ``(h, w)`` (views of any size: timm's dynamic image size gives ``(B, h, w, C)`` tokens)."""
+    tokens = vit.patch_embed(images)  # (B, h, w, C) with dynamic image sizes, else (B, N, C)
+    h, w = tokens.shape[1:3] if tokens.dim() == 4 else vit.patch_embed.grid_size
+    return vit._pos_embed(tokens), (int(h), int(w))
+
+
 class Method(nn.Module):
     """Base class of every method. Subclasses set ``name``, build their heads in ``__init__`` and implement
     ``forward``; the hooks default to doing nothing.

@@ -28,7 +28,14 @@ from torch import nn
 
 from crlf.config import Config
 from crlf.distributed import shard, world_size
-from crlf.methods.base import Method, cosine_schedule, ema_, embedding_spread, vision_transformer
+from crlf.methods.base import (
+    Method,
+    cosine_schedule,
+    ema_,
+    embedding_spread,
+    patch_tokens,
+    vision_transformer,
+)
 from crlf.methods.mae import sincos_2d
 from crlf.methods.settings import MomentumSettings, check
 
@@ -150,18 +157,11 @@ class IJEPA(Method):
         self.predictor_proj = nn.Linear(c.predictor_dim, vit.embed_dim)
         self.loss_fn = PatchRegressionLoss()
 
-    @staticmethod
-    def _tokens(vit: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch tokens with their position code, prefix (class) token first: ``(B, P + N, C)``, and the grid."""
-        tokens = vit.patch_embed(images)  # (B, h, w, C) with dynamic image sizes, else (B, N, C)
-        h, w = tokens.shape[1:3] if tokens.dim() == 4 else vit.patch_embed.grid_size
-        return vit._pos_embed(tokens), (int(h), int(w))
-
     @torch.no_grad()
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         """The EMA encoder on every patch, layer-normed per patch: ``(B, N, C)``."""
         vit = self.target_backbone.model
-        tokens, _ = self._tokens(vit, images)
+        tokens, _ = patch_tokens(vit, images)
         out = vit.norm(vit.blocks(vit.norm_pre(tokens)))[:, vit.num_prefix_tokens:]  # (B, N, C)
         return F.layer_norm(out.float(), (out.shape[-1],))
 
@@ -178,7 +178,7 @@ class IJEPA(Method):
     def forward(self, views):
         images = torch.cat(views[:self.num_global])  # (GB, 3, S, S): every global view is an image
         vit = self.backbone.model
-        tokens, grid = self._tokens(vit, images)  # (GB, P + N, C)
+        tokens, grid = patch_tokens(vit, images)  # (GB, P + N, C)
         p = vit.num_prefix_tokens
         # The global batch's masks on every rank, this rank's rows kept: the same masks as one process.
         groups, n = self.num_global, len(views[0])

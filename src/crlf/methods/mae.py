@@ -21,7 +21,7 @@ from torch import nn
 
 from crlf.config import Config
 from crlf.distributed import shard, world_size
-from crlf.methods.base import Method, embedding_spread, vision_transformer
+from crlf.methods.base import Method, embedding_spread, patch_tokens, vision_transformer
 from crlf.methods.settings import MethodSettings, check
 
 if TYPE_CHECKING:
@@ -128,9 +128,7 @@ class MAE(Method):
         token), the patch order ``(B, N)`` (its first V entries are the visible patches) and the grid ``(h, w)``.
         ``images`` are ``groups`` views of one batch, one after the other (their masks are drawn view by view)."""
         vit = self.backbone.model
-        tokens = vit.patch_embed(images)  # (B, h, w, C) with dynamic image sizes, else (B, N, C)
-        h, w = tokens.shape[1:3] if tokens.dim() == 4 else vit.patch_embed.grid_size
-        tokens = vit._pos_embed(tokens)  # (B, P + N, C): position code added, class token in front
+        tokens, (h, w) = patch_tokens(vit, images)  # (B, P + N, C): position code added, class token in front
         p = vit.num_prefix_tokens
         prefix, patches = tokens[:, :p], tokens[:, p:]  # (B, P, C), (B, N, C)
         b, n, c = patches.shape
