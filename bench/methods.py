@@ -19,7 +19,7 @@ the rest at 16 px). Because the epochs are fixed before a run starts, runs may t
 the calibrated one.
 
 Each variant is ``configs/fast-cpu.yaml`` plus the overrides in ``VARIANTS`` (method, heads sized for a CPU,
-optimiser). Results go to runs/methods/results.jsonl (one line per variant and seed; reruns skip what is done).
+optimiser); ``mae-vit_tiny`` and ``ijepa-vit_tiny`` are their own configs on ViT-Tiny, for ``throughput`` only. Results go to runs/methods/results.jsonl (one line per variant and seed; reruns skip what is done).
 """
 
 from __future__ import annotations
@@ -79,10 +79,20 @@ HEADS = {
                         "warmup_teacher_temperature": 0.04, "num_prototypes": 4096, "momentum": 0.99,
                         "momentum_final": 1.0, "center_momentum": 0.9, "freeze_prototypes_epochs": 0},
              "model": {"proj_layers": 3, "proj_hidden_dim": 1024, "proj_out_dim": 256}},
+    "nnclr": {"method": {"name": "nnclr", "temperature": 0.1, "queue_size": 4096},
+              "model": {"proj_hidden_dim": 1024, "proj_out_dim": 256, "proj_batchnorm": True,
+                        "proj_last_batchnorm": True, "pred_hidden_dim": 1024}},
+    "fastsiam": {"method": {"name": "fastsiam"}, "augment": {"crops": [{"count": 4}]},  # the paper's 4 views
+                 "model": {"proj_layers": 3, "proj_hidden_dim": 1024, "proj_out_dim": 1024, "proj_batchnorm": True,
+                           "proj_last_batchnorm": True, "pred_hidden_dim": 256}},
 }
+# The ViT methods train from their own configs (ViT-Tiny, AdamW, 32-px views only): they are timed against
+# the bare ViT, and not part of the ResNet-18 equal-time table.
+VIT_VARIANTS = {"mae-vit_tiny": ("configs/methods/mae.yaml", {"model": {"arch": "vit_tiny"}}),
+                "ijepa-vit_tiny": ("configs/methods/ijepa.yaml", {"model": {"arch": "vit_tiny"}})}
 # The LARS learning rates of solo-learn's CIFAR recipes (batch 256).
 LARS_LR = {"simclr": 0.4, "mocov2": 0.3, "mocov3": 0.3, "byol": 1.0, "simsiam": 0.5, "swav": 0.6, "vicreg": 0.3,
-           "barlowtwins": 0.3, "dino": 0.3}
+           "barlowtwins": 0.3, "dino": 0.3, "nnclr": 0.4, "fastsiam": 0.5}
 LOCAL_CROPS = {"augment": {"crops": [{"count": 2}, {"size": 16, "count": 4, "scale": [0.1, 0.4]}]}}
 
 
@@ -102,11 +112,26 @@ def _variants() -> dict[str, dict]:
         variants[f"{name}-adamcos"] = merge(heads, ADAM_COSINE)
         variants[f"{name}-lars"] = merge(heads, lars(LARS_LR[name]))
     for name in list(variants):
-        variants[f"{name}-mc"] = merge(variants[name], LOCAL_CROPS)
+        if "augment" not in HEADS[name.split("-")[0]]:  # FastSiam's 4 views already replace the crops
+            variants[f"{name}-mc"] = merge(variants[name], LOCAL_CROPS)
+    variants.update({name: overrides for name, (_, overrides) in VIT_VARIANTS.items()})
     return variants
 
 
 VARIANTS = _variants()
+
+
+def variant_config(variant: str):
+    """The variant's full config: its base config file plus its overrides."""
+    from crlf.config import apply_overrides, load_config
+
+    base = VIT_VARIANTS[variant][0] if variant in VIT_VARIANTS else BASE_CONFIG
+    return apply_overrides(load_config(base), VARIANTS[variant])
+
+
+def view_sizes(variant: str) -> tuple[int, ...]:
+    """The view sizes a variant trains at: 16 and 32 px for the fast-cpu recipe, 32 px for the ViT configs."""
+    return (32,) if variant in VIT_VARIANTS else (16, 32)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -117,7 +142,6 @@ def time_steps(variant: str, data: str, steps: int) -> dict:
     """Child process: seconds per real step (augmentation + train_step) of ``variant`` at 16 and 32 px."""
     import torch
 
-    from crlf.config import apply_overrides, load_config
     from crlf.data.augment import build_augment, view_specs
     from crlf.data.sources import balanced_subset, load_dataset
     from crlf.methods.base import StepClock
@@ -126,14 +150,14 @@ def time_steps(variant: str, data: str, steps: int) -> dict:
     from crlf.train import build_training_modules
 
     flush_denormals()
-    cfg = apply_overrides(load_config(BASE_CONFIG), VARIANTS[variant])
+    cfg = variant_config(variant)
     images = torch.from_numpy(balanced_subset(load_dataset(data, 32, "error", progress=False).train, LIMIT, 0).images)
     torch.manual_seed(0)
     method, optimizer = build_training_modules(cfg, num_images=len(images))
     augment = build_augment(cfg.augment, cfg.data.image_size)
     gen = torch.Generator().manual_seed(1)
     out = {}
-    for size in (16, 32):
+    for size in view_sizes(variant):
         specs = view_specs(cfg.augment, cfg.data.image_size, size)
         for i in range(2 + steps):  # 2 warm-up steps
             if i == 2:
@@ -149,18 +173,17 @@ def time_bound(variant: str, steps: int) -> dict:
     variant's shapes (no augmentation, heads, loss or optimiser): the compute the method cannot avoid."""
     import torch
 
-    from crlf.config import apply_overrides, load_config
     from crlf.data.augment import view_specs
     from crlf.methods.base import forward_backbone
     from crlf.runtime import flush_denormals
     from crlf.train import build_training_modules
 
     flush_denormals()
-    cfg = apply_overrides(load_config(BASE_CONFIG), VARIANTS[variant])
+    cfg = variant_config(variant)
     torch.manual_seed(0)
     backbone = build_training_modules(cfg, num_images=LIMIT)[0].backbone.train()
     out = {}
-    for size in (16, 32):
+    for size in view_sizes(variant):
         views = [torch.randn(cfg.train.batch_size, 3, spec.size, spec.size)  # (B, 3, S, S) per view
                  for spec in view_specs(cfg.augment, cfg.data.image_size, size) for _ in range(spec.count)]
         for i in range(2 + steps):
@@ -187,9 +210,12 @@ def throughput(variants: list[str], data: str, steps: int) -> str:
         rate = {k: 256 / v for k, v in real.items()}
         bound_rate = {k: 256 / v for k, v in bound.items()}
         views = sum(c.get("count", 2) for c in VARIANTS[variant].get("augment", {}).get("crops", [{"count": 2}]))
-        lines.append(f"| {variant} | {views} | {rate['s16']:.0f} / {rate['s32']:.0f} | {bound_rate['s16']:.0f} / "
-                     f"{bound_rate['s32']:.0f} | {rate['s16'] / bound_rate['s16']:.2f} / "
-                     f"{rate['s32'] / bound_rate['s32']:.2f} |")
+
+        def pair(values: dict, fmt: str) -> str:  # "16 px / 32 px"; a dash where the variant has no 16-px views
+            return " / ".join(format(values[k], fmt) if k in values else "—" for k in ("s16", "s32"))
+
+        ratio = {k: rate[k] / bound_rate[k] for k in rate}
+        lines.append(f"| {variant} | {views} | {pair(rate, '.0f')} | {pair(bound_rate, '.0f')} | {pair(ratio, '.2f')} |")
         print(lines[-1], flush=True)
     return "\n".join(lines)
 
@@ -262,6 +288,7 @@ def run_one(variant: str, seed: int, data: str, threads: int, calibration: dict)
     cmd = [sys.executable, "-m", "crlf.cli", "pretrain", "--config", BASE_CONFIG, "--data", data, "--out", str(run_dir),
            "--limit", str(LIMIT), "--seed", str(seed), "--epochs", str(epochs), "--quiet",
            "--set", f"train.low_res_epochs={split_epochs(epochs)[0]}", "--set", "train.eval_every=0",
+           "--precision", "fp32",  # as calibrated, and as the table's first rows ran (before precision: auto)
            *set_flags(VARIANTS[variant])]
     if threads:
         cmd += ["--threads", str(threads)]
@@ -327,10 +354,14 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (use --threads 1 with --jobs 2)")
     p.add_argument("--steps", type=int, default=8, help="timed steps per view size when calibrating")
     args = p.parse_args(argv)
-    variants = list(VARIANTS) if args.variants == ["all"] else args.variants
+    timed_only = args.command in ("throughput", "time-steps", "time-bound", "list")
+    variants = [v for v in VARIANTS if timed_only or v not in VIT_VARIANTS] if args.variants == ["all"] else args.variants
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    if not timed_only and set(variants) & set(VIT_VARIANTS):
+        raise SystemExit(f"{sorted(set(variants) & set(VIT_VARIANTS))} are timed only (`throughput`): the "
+                         "equal-time table is the ResNet-18 fast-cpu recipe's")
     if args.command == "list":
         for name, overrides in VARIANTS.items():
             print(name, " ".join(set_flags(overrides)))
