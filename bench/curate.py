@@ -2,6 +2,7 @@
 
     python bench/curate.py --run runs/budget20 [--data ../shared/data/cifar10-jpeg.tar.gz] [--base 50000]
         [--synthetic 1000000] [--out bench/results/curate_<date>.json]
+    python bench/curate.py --judge bench/results/curate_<date>.json --same-picture 0 2 3 ...
 
 1. Builds a folder from the archive's training split (``--base`` images, class-balanced) and plants faults:
    near-copies (crop of >= 80 % of the area, horizontal flip, JPEG re-encoding at quality 60-90) and exact
@@ -11,6 +12,9 @@
    it records) and scores its lists against the truth: duplicate precision and recall (near and exact),
    outlier AUROC (all, lone, clustered; global and local scores alone for comparison), label-issue precision
    and recall (and a plain 20-neighbour vote for comparison), and a threshold grid for the duplicate defaults.
+   CIFAR-10 has near-copies of its own, which no truth file lists: a seeded sample of the removals in groups
+   without a planted image is drawn into ``<out>.unplanted.png``; ``--judge`` folds the numbers judged by eye
+   to be one photograph into an estimated precision.
 3. Selection: linear-probe top-1 on the CIFAR-10 test split when only the selected training images are
    labelled, 10 / 100 / 1,000 labels, typical vs diverse vs random, 5 seeds (mean +- std).
 4. Scale: the neighbour graph (IVF, with its recall), outlier scores and a 1,000-image typical selection on
@@ -40,8 +44,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 NEAR, EXACT, LONE, CLUSTER, FLIP = 100, 50, 20, 60, 0.05
+UNPLANTED_SAMPLE = 48  # removals in groups with no planted image, sampled for judging by eye
 BUDGETS, SEEDS, STRATEGIES = (10, 100, 1000), (0, 1, 2, 3, 4), ("typical", "diverse", "random")
 GRID_EMB = (0.8, 0.85, 0.9, 0.93, 0.95)  # embedding thresholds of the calibration grid (482k candidate pairs at 0.8)
+GRID_PIX = (0.85, 0.9, 0.95)
+GRID_EDGE = (None, 0.75, 0.8, 0.85)
 PROBE_WD = 1e-3  # fixed for the selection probe: 10 labels leave nothing to choose a weight decay on
 
 
@@ -150,15 +157,24 @@ def score_duplicates(out: Path, truth: dict) -> dict:
     fam = truth["family"]
     group_of = {r["file"]: r["group"] for r in rows}
     removals = correct = 0
-    unplanted = []
+    unplanted, unplanted_removals = [], []
     for members in groups.values():
         kept = next(r["file"] for r in members if r["keep"] == "true")
+        planted = any(m["file"] in fam for m in members)
         for r in members:
             if r["keep"] == "false":
                 removals += 1
                 correct += fam.get(r["file"]) is not None and fam.get(r["file"]) == fam.get(kept)
-        if not any(m["file"] in fam for m in members):
+                if not planted:
+                    unplanted_removals.append([kept, r["file"]])
+        if not planted:
             unplanted.append([m["file"] for m in members])
+    # CIFAR-10's training split has near-copies of its own (the same photo re-cropped, mirrored or
+    # re-toned): a removal in a group with no planted image is not known to be wrong. A seeded sample of them
+    # goes into the result and a picture, to be judged by eye (--judge).
+    rng = np.random.default_rng(0)
+    sample = [unplanted_removals[i] for i in sorted(rng.choice(len(unplanted_removals), min(UNPLANTED_SAMPLE,
+                                                                   len(unplanted_removals)), replace=False))]
 
     def recall(copies):
         found = sum(1 for c in copies if c in group_of and any(
@@ -167,7 +183,39 @@ def score_duplicates(out: Path, truth: dict) -> dict:
 
     return {"groups": len(groups), "removals": removals, "precision": correct / max(removals, 1),
             "recall_near": recall(truth["near"]), "recall_exact": recall(truth["exact"]),
-            "unplanted_groups": len(unplanted), "unplanted_examples": unplanted[:10]}
+            "unplanted_groups": len(unplanted), "unplanted_removals": len(unplanted_removals),
+            "correct_planted_removals": correct, "unplanted_sample": sample}
+
+
+def sample_picture(folder: Path, pairs: list[list[str]], path: Path, side: int = 64) -> None:
+    """The sampled (kept, removed) pairs side by side, numbered, 8 to a row, for judging by eye."""
+    cell_w, cell_h = 2 * side + 12, side + 16
+    sheet = Image.new("RGB", (8 * cell_w, -(-len(pairs) // 8) * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, pair in enumerate(pairs):
+        x0, y0 = (i % 8) * cell_w, (i // 8) * cell_h
+        for j, name in enumerate(pair):
+            image = Image.open(folder / name).convert("RGB").resize((side, side), Image.Resampling.NEAREST)
+            sheet.paste(image, (x0 + j * side, y0))
+        draw.text((x0, y0 + side + 2), str(i), fill="black")
+    sheet.save(path)
+
+
+def judge(result_path: Path, same_picture: list[int]) -> dict:
+    """Fold a by-eye judgement of the unplanted sample into the result: ``same_picture`` lists the sample's
+    numbers (as in its picture) whose two images are one photograph (cropped, mirrored, re-toned or
+    re-encoded). Estimated precision: planted removals as the truth scores them, unplanted ones at the
+    judged rate."""
+    result = json.loads(result_path.read_text())
+    dup = result["duplicates"]
+    n = len(dup["unplanted_sample"])
+    rate = len(set(same_picture)) / n
+    planted_removals = dup["removals"] - dup["unplanted_removals"]
+    estimate = (dup["correct_planted_removals"] + rate * dup["unplanted_removals"]) / max(dup["removals"], 1)
+    dup["judged"] = {"sample": n, "same_picture": sorted(set(same_picture)), "same_picture_rate": rate,
+                     "planted_group_removals": planted_removals, "estimated_precision": estimate}
+    result_path.write_text(json.dumps(result, indent=1))
+    return dup["judged"]
 
 
 def auroc(files: list[str], score: dict[str, float], positives: set[str], negatives: set[str]) -> float:
@@ -178,12 +226,13 @@ def auroc(files: list[str], score: dict[str, float], positives: set[str], negati
 
 
 def score_outliers(out: Path, files: list[str], x: np.ndarray, g, truth: dict) -> dict:
-    from crlf.curate.outliers import global_score, local_score
+    from crlf.curate.outliers import angle_score, global_score, local_score, mahalanobis_score
 
     score = {r["file"]: float(r["score"]) for r in read_csv(out / "outliers.csv")}
     lone, cluster = set(truth["lone"]), set(truth["cluster"])
     normal = set(files) - lone - cluster
-    alone = {"global": dict(zip(files, global_score(x))), "local_k20": dict(zip(files, local_score(g.similarities)))}
+    alone = {"global": dict(zip(files, global_score(x))), "local_k20": dict(zip(files, local_score(g.similarities))),
+             "mahalanobis": dict(zip(files, mahalanobis_score(x))), "angle": dict(zip(files, angle_score(x)))}
     res = {"auroc_all": auroc(files, score, lone | cluster, normal), "auroc_lone": auroc(files, score, lone, normal),
            "auroc_cluster": auroc(files, score, cluster, normal)}
     for name, s in alone.items():
@@ -215,22 +264,28 @@ def score_label_issues(out: Path, files: list[str], g, given: np.ndarray, truth:
 
 def threshold_grid(files: list[str], x: np.ndarray, g, images, truth: dict) -> list[dict]:
     """Edge-level precision / recall of near-copy pairs over a grid of (embedding, pixel) thresholds."""
-    from crlf.curate.duplicates import candidate_pairs, exact_pairs, pixel_similarity
+    from crlf.curate.duplicates import candidate_pairs, exact_pairs, pixel_similarity, structure_similarity
     pairs = candidate_pairs(g.similarities, g.indices, GRID_EMB[0])
     exact = {tuple(p) for p in exact_pairs(images).tolist()}
     pairs = np.array([p for p in pairs.tolist() if tuple(p) not in exact]).reshape(-1, 2)
     emb = np.einsum("pd,pd->p", x[pairs[:, 0]], x[pairs[:, 1]])
     pix = pixel_similarity(images, pairs, progress=True)
+    fine_ncc, edge = np.full(len(pairs), -1.0), np.full(len(pairs), -1.0)
+    coarse_pass = pix >= min(GRID_PIX)
+    fine_ncc[coarse_pass], edge[coarse_pass] = structure_similarity(images, pairs[coarse_pass], progress=True)
     fam = truth["family"]
     true = np.array([fam.get(files[a]) is not None and fam.get(files[a]) == fam.get(files[b]) for a, b in pairs])
     planted = len(truth["near"])
     grid = []
     for t_emb in GRID_EMB:
-        for t_pix in (0.8, 0.85, 0.9, 0.95):
-            hit = (emb >= t_emb) & (pix >= t_pix)
-            grid.append({"dup_threshold": t_emb, "pixel_threshold": t_pix, "pairs": int(hit.sum()),
-                         "precision": float(true[hit].mean()) if hit.any() else 1.0,
-                         "recall_near": float(true[hit].sum() / planted)})
+        for t_pix in GRID_PIX:
+            for t_edge in GRID_EDGE:  # None: the colour pass alone, as before the edge check
+                hit = (emb >= t_emb) & (pix >= t_pix)
+                if t_edge is not None:
+                    hit &= (fine_ncc >= t_pix) & (edge >= t_edge)
+                grid.append({"dup_threshold": t_emb, "pixel_threshold": t_pix, "edge_threshold": t_edge,
+                             "pairs": int(hit.sum()), "precision_vs_planted": float(true[hit].mean()) if hit.any() else 1.0,
+                             "recall_near": float(true[hit].sum() / planted)})
     grid.append({"embedding_only_quantiles_of_planted": np.quantile(emb[true], [0.1, 0.5]).round(4).tolist(),
                  "candidates_at_lowest": len(pairs)})
     return grid
@@ -285,7 +340,10 @@ json.dump(t, open(out, "w"))
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, required=True, help="a fast-cpu run folder (encoder.safetensors)")
+    p.add_argument("--run", type=Path, help="a fast-cpu run folder (encoder.safetensors)")
+    p.add_argument("--judge", type=Path, metavar="RESULT", help="fold a by-eye judgement into RESULT and exit")
+    p.add_argument("--same-picture", type=int, nargs="*", default=[], metavar="I",
+                   help="with --judge: the sample's numbers that are one photograph")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
     p.add_argument("--base", type=int, default=50_000, help="clean training images in the faulted set")
     p.add_argument("--synthetic", type=int, default=1_000_000, help="rows of the scale test (0: skip)")
@@ -293,6 +351,11 @@ def main(argv=None) -> int:
     p.add_argument("--selection-only", action="store_true", help="only section 3 (from the run's embeddings)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"curate_{time.strftime('%Y-%m-%d')}.json")
     args = p.parse_args(argv)
+    if args.judge:
+        print(json.dumps(judge(args.judge, args.same_picture)))
+        return 0
+    if args.run is None:
+        p.error("--run is required (or --judge RESULT)")
     from crlf.config import load_run_config
     from crlf.curate.source import embed_images, load_images
     from crlf.data.sources import balanced_subset, load_dataset
@@ -337,12 +400,16 @@ def main(argv=None) -> int:
 
     g = knn_graph(x, 20)
     result["duplicates"] = score_duplicates(out, truth)
+    picture = args.out.with_suffix(".unplanted.png")
+    sample_picture(folder, result["duplicates"]["unplanted_sample"], picture)
+    print(f"judge the {len(result['duplicates']['unplanted_sample'])} unplanted removals in {picture}, then: "
+          f"python bench/curate.py --judge {args.out} --same-picture <numbers>", flush=True)
     result["outliers"] = score_outliers(out, files, x, g, truth)
     result["label_issues"] = score_label_issues(out, files, g, given, truth)
     save()
     result["threshold_grid"] = threshold_grid(files, x, g, images.images, truth)
     for key in ("duplicates", "outliers", "label_issues"):
-        print(key, json.dumps({k: v for k, v in result[key].items() if k != "unplanted_examples"}), flush=True)
+        print(key, json.dumps({k: v for k, v in result[key].items() if k != "unplanted_sample"}), flush=True)
     save()
     if not args.skip_selection:
         # Clean training embeddings of the whole split (the run's own, or computed) and the test split.

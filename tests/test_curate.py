@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import re
 import shutil
 import subprocess
@@ -10,16 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from crlf.cli import main
 from crlf.curate.duplicates import (
     anchored_groups,
     candidate_pairs,
+    confirmed_pairs,
     connected_groups,
     exact_pairs,
     find_duplicates,
     pixel_similarity,
+    structure_similarity,
 )
 from crlf.curate.graph import knn_graph, unit
 from crlf.curate.label_issues import class_thresholds, find_label_issues, out_of_fold_probabilities
@@ -116,6 +119,36 @@ def test_pixel_check_tells_a_flipped_crop_from_a_different_image():
     assert sim[2] < 0.5  # two plain frames do not correlate: their equality is the exact check's job
 
 
+def sky_with_plane(x: float, y: float, angle: float) -> np.ndarray:
+    """``(32, 32, 3)`` uint8: a dark cross-shaped aeroplane at ``(x, y)`` on a plain blue sky, as CIFAR-10 has
+    hundreds of; two of them correlate in colour almost as well as copies do."""
+    ramp = np.linspace(0, 1, 32)[:, None, None]  # (32, 1, 1) top to bottom
+    sky = (np.array([70, 130, 230]) * (1 - 0.35 * ramp) + np.array([40, 40, 0]) * ramp).repeat(32, 1)
+    pil = Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    dx, dy = 6 * np.cos(angle), 6 * np.sin(angle)
+    draw.line((x - dx, y - dy, x + dx, y + dy), fill=(30, 30, 40), width=2)  # fuselage
+    draw.line((x - 0.6 * dy, y + 0.6 * dx, x + 0.6 * dy, y - 0.6 * dx), fill=(30, 30, 40), width=2)  # wings
+    return np.asarray(pil)
+
+
+def test_edges_tell_two_aeroplanes_on_one_sky_apart_and_keep_the_copy():
+    plane = sky_with_plane(12, 14, 0.3)
+    other = sky_with_plane(20, 18, 1.2)
+    edited = Image.fromarray(plane).transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((1, 2, 31, 31))
+    buffer = io.BytesIO()
+    edited.resize((32, 32), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=70)
+    copy = np.asarray(Image.open(buffer).convert("RGB"))
+    images = np.stack([_chw(plane), _chw(other), _chw(copy)])
+    pairs = np.array([[0, 1], [0, 2]])
+    colour = pixel_similarity(images, pairs)
+    assert colour[0] > 0.9 and colour[1] > 0.95  # colour alone would call the other aeroplane a copy
+    ncc, edges = structure_similarity(images, pairs)
+    assert ncc[1] > 0.95 and edges[1] > 0.85  # the flipped, cropped, re-encoded copy
+    assert edges[0] < 0.6  # the other aeroplane: the sky correlates, the edges do not
+    assert confirmed_pairs(images, pairs).tolist() == [[0, 2]]
+
+
 def test_exact_pairs_and_one_kept_per_group_the_most_typical():
     rng = np.random.default_rng(1)
     images = np.stack([_chw(smooth_image(rng, (100, 100, 100))) for _ in range(5)])
@@ -154,6 +187,18 @@ def test_a_batch_of_similar_outliers_defeats_the_local_score_but_not_the_combine
     assert roc_auc_score(truth, score) > 0.95
     assert len(x) - 1 in np.argsort(-score)[:31]  # the lone one too
     assert np.all(typicality(g.similarities) > 0)
+
+
+def test_an_image_between_two_clusters_is_caught_by_the_local_score():
+    """Near the overall mean, so the global score calls it ordinary; far from every image, so not."""
+    rng = np.random.default_rng(5)
+    e1, e2 = np.eye(16)[0], np.eye(16)[1]
+    normal = unit(np.concatenate([e1 + 0.1 * rng.normal(size=(100, 16)), e2 + 0.1 * rng.normal(size=(100, 16))]))
+    between = unit((e1 + e2)[None])
+    x = np.concatenate([normal, between])
+    g = knn_graph(x, 10)
+    assert np.argsort(-global_score(x)).tolist().index(len(x) - 1) > 20  # not among the global score's top
+    assert np.argmax(outlier_scores(x, g.similarities)) == len(x) - 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -321,6 +366,7 @@ def test_curate_on_a_flat_unlabelled_folder(tiny_run, tmp_path):
     ("labels-unknown-file", "not images of the data"),
     ("not-a-run", "encoder.safetensors"),
     ("bad-threshold", "--dup-threshold"),
+    ("bad-edge-threshold", "--edge-threshold"),
 ])
 def test_curate_bad_input_is_named_with_exit_2(tiny_run, tmp_path, capsys, case, message):
     data = make_plain_folder(tmp_path / "photos", per_class=3)
@@ -338,6 +384,8 @@ def test_curate_bad_input_is_named_with_exit_2(tiny_run, tmp_path, capsys, case,
         run = tmp_path
     elif case == "bad-threshold":
         extra = ["--dup-threshold", "3"]
+    elif case == "bad-edge-threshold":
+        extra = ["--edge-threshold", "-2"]
     code = main(["curate", str(run), "--data", str(data), "--out", str(out), "--quiet", "--device", "cpu", *extra])
     assert code == 2
     assert message in capsys.readouterr().err

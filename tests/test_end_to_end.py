@@ -72,7 +72,11 @@ def test_embed_any_folder(tiny_run, tmp_path, capsys):
     assert main(["embed", str(tiny_run), "--data", str(folder / "train"), "--out", str(out), "--quiet"]) == 0
     assert np.load(out).shape == (4, 512)
     assert np.load(tmp_path / "emb_labels.npy").tolist() == [0, 0, 1, 1]
-    assert json.loads((tmp_path / "emb_files.json").read_text())["files"][0] == "train/a/0000.png"
+    # relative to --data (its class folders), the names crlf curate writes for the same folder
+    assert json.loads((tmp_path / "emb_files.json").read_text())["files"][:3] == ["a/0000.png", "a/0001.png", "b/0000.png"]
+    whole = tmp_path / "whole.npy"
+    assert main(["embed", str(tiny_run), "--data", str(folder), "--out", str(whole), "--quiet"]) == 0
+    assert json.loads((tmp_path / "whole_files.json").read_text())["files"][0] == "train/a/0000.png"
 
 
 def test_existing_run_is_never_overwritten(tiny_run, capsys):

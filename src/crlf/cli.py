@@ -355,7 +355,14 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "demo":
         from crlf.demo import serve
 
-        serve(args.run_dir, args.host, args.port, args.data, args.probe)
+        serve(args.run_dir, args.host, args.port, args.data, args.probe)  # returns once stopped and cleaned up
+        # The web server's worker threads can still be inside torch while the interpreter finalises, and a
+        # C++ thread torn down under them aborts the process ("terminate called without an active
+        # exception", exit -6, about one stop in four on this machine). Everything is closed and removed
+        # by now: leave without the finalisation.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     elif args.command == "export":
         _export(args)
     elif args.command == "curate":
@@ -363,7 +370,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         summary = curate(args.run_dir, args.data, args.out, args.select, args.strategy, args.seed, args.labels,
                          args.dup_threshold, args.pixel_threshold, args.exclude_outliers, device=args.device,
-                         progress=not args.quiet)
+                         progress=not args.quiet, edge_threshold=args.edge_threshold)
         print(summary_line(summary, args.out))
     elif args.command == "classify":
         from crlf.curate.classify import classify_command

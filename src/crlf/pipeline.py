@@ -123,14 +123,15 @@ def embed_source(run_dir: Path, data: str, out: Path, device: str = "auto", prog
     dev = resolve_device(device)
     encoder = freeze(load_encoder(run_dir).to(dev))
     dataset = load_dataset(data, cfg.data.image_size, cfg.data.on_bad_image, progress=progress)
-    splits = [(name, split) for name, split in (("train", dataset.train), ("test", dataset.test),
-                                                ("unlabeled", dataset.unlabeled)) if split is not None]
-    features, labels, files = [], [], []
+    from crlf.curate.source import dataset_splits, relative_files
+
+    splits = dataset_splits(dataset)
+    features, labels = [], []
     for name, split in splits:
         features.append(extract_features(encoder, split.images, cfg.augment.mean, cfg.augment.std, dev,
                                          progress=progress, desc=f"embedding {name}"))
         labels.append(split.labels)
-        files += [f"{name}/{f}" for f in split.files] if split.files else [f"{name}/{i}" for i in range(len(split))]
+    files = relative_files(data, splits)  # relative to --data, as crlf curate names them
     stem = out.with_suffix("")
     save_array(out, np.concatenate(features))
     save_array(Path(f"{stem}_labels.npy"), np.concatenate(labels))

@@ -13,3 +13,4 @@ Small modules of plain functions over ``(N, D)`` embedding arrays:
 
 DUP_THRESHOLD = 0.85  # cosine similarity of duplicate candidates: calibrated in bench/curate.py
 PIXEL_THRESHOLD = 0.90  # correlation of aligned thumbnails that confirms one: bench/curate.py
+EDGE_THRESHOLD = 0.80  # correlation of the aligned thumbnails' edges that confirms one: bench/curate.py

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crlf.curate import DUP_THRESHOLD, PIXEL_THRESHOLD
+from crlf.curate import DUP_THRESHOLD, EDGE_THRESHOLD, PIXEL_THRESHOLD
 
 
 def add_curate(sub) -> None:
@@ -27,6 +27,9 @@ def add_curate(sub) -> None:
                    help=f"cosine similarity from which neighbours are duplicate candidates (default {DUP_THRESHOLD})")
     p.add_argument("--pixel-threshold", type=float, default=PIXEL_THRESHOLD,
                    help=f"correlation of aligned thumbnails that confirms a candidate (default {PIXEL_THRESHOLD})")
+    p.add_argument("--edge-threshold", type=float, default=EDGE_THRESHOLD,
+                   help="correlation of the aligned thumbnails' edges that also must confirm it: tells two "
+                        f"different objects on one plain background apart (default {EDGE_THRESHOLD})")
     p.add_argument("--exclude-outliers", type=float, default=0.01, metavar="FRACTION",
                    help="share of most unusual images never selected (default 0.01)")
     p.add_argument("--device", default="auto")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crlf.curate.duplicates import DUP_THRESHOLD, PIXEL_THRESHOLD, find_duplicates
+from crlf.curate.duplicates import DUP_THRESHOLD, EDGE_THRESHOLD, PIXEL_THRESHOLD, find_duplicates
 from crlf.curate.graph import knn_graph, unit
 from crlf.curate.label_issues import find_label_issues, out_of_fold_probabilities
 from crlf.curate.outliers import outlier_scores, typicality
@@ -41,11 +41,14 @@ def check_out(data: str, out: Path) -> None:
                          f"folder. Pass an --out outside it, e.g. --out {root.name}-curation.")
 
 
-def check_thresholds(dup_threshold: float, pixel_threshold: float, outlier_fraction: float) -> None:
+def check_thresholds(dup_threshold: float, pixel_threshold: float, outlier_fraction: float,
+                     edge_threshold: float = EDGE_THRESHOLD) -> None:
     if not -1.0 <= dup_threshold <= 1.0:
         raise UsageError(f"--dup-threshold is a cosine similarity in [-1, 1] (got {dup_threshold}); default {DUP_THRESHOLD}.")
     if not -1.0 <= pixel_threshold <= 1.0:
         raise UsageError(f"--pixel-threshold is a correlation in [-1, 1] (got {pixel_threshold}); default {PIXEL_THRESHOLD}.")
+    if not -1.0 <= edge_threshold <= 1.0:
+        raise UsageError(f"--edge-threshold is a correlation in [-1, 1] (got {edge_threshold}); default {EDGE_THRESHOLD}.")
     if not 0.0 <= outlier_fraction < 1.0:
         raise UsageError(f"--exclude-outliers is a fraction in [0, 1) (got {outlier_fraction}).")
 
@@ -53,7 +56,7 @@ def check_thresholds(dup_threshold: float, pixel_threshold: float, outlier_fract
 def curate(run_dir: Path, data: str, out: Path, n_select: int | None = None, strategy: str = "typical",
            seed: int = 0, labels_csv: Path | None = None, dup_threshold: float = DUP_THRESHOLD,
            pixel_threshold: float = PIXEL_THRESHOLD, outlier_fraction: float = 0.01, k: int = 20,
-           device: str = "auto", progress: bool = True) -> dict:
+           device: str = "auto", progress: bool = True, edge_threshold: float = EDGE_THRESHOLD) -> dict:
     """Everything ``crlf curate`` writes; returns the summary also written to ``OUT/curation.json``."""
     from crlf.config import load_run_config
     from crlf.export import save_array
@@ -62,7 +65,7 @@ def curate(run_dir: Path, data: str, out: Path, n_select: int | None = None, str
     if not (run_dir / "encoder.safetensors").is_file():
         raise UsageError(f"'{run_dir}' has no encoder.safetensors; pass a run folder of crlf pretrain or crlf run.")
     check_out(data, out)
-    check_thresholds(dup_threshold, pixel_threshold, outlier_fraction)
+    check_thresholds(dup_threshold, pixel_threshold, outlier_fraction, edge_threshold)
     if n_select is not None and n_select < 1:
         raise UsageError(f"--select must be >= 1 (got {n_select}).")
     times, t0 = {}, time.perf_counter()
@@ -80,7 +83,8 @@ def curate(run_dir: Path, data: str, out: Path, n_select: int | None = None, str
     x = np.load(out / "embeddings.npy", mmap_mode="r", allow_pickle=False)
     times["embed_s"] = time.perf_counter() - t
     result = curate_embeddings(x, data_images.images, data_images.files, labels, classes, out, n_select, strategy,
-                               seed, dup_threshold, pixel_threshold, outlier_fraction, k, progress, times)
+                               seed, dup_threshold, pixel_threshold, outlier_fraction, k, progress, times,
+                               edge_threshold)
     gallery = {key: result.pop(key) for key in ("_groups", "_outliers", "_selection", "_issues", "_notes")}
     skipped = data_images.skipped
     write_csv(out / "skipped.csv", ["file", "reason"], skipped)
@@ -99,7 +103,8 @@ def curate(run_dir: Path, data: str, out: Path, n_select: int | None = None, str
 
 def curate_embeddings(x: np.ndarray, images, files: list[str], labels: np.ndarray, classes: list[str], out: Path,
                       n_select: int | None, strategy: str, seed: int, dup_threshold: float, pixel_threshold: float,
-                      outlier_fraction: float, k: int, progress: bool, times: dict) -> dict:
+                      outlier_fraction: float, k: int, progress: bool, times: dict,
+                      edge_threshold: float = EDGE_THRESHOLD) -> dict:
     """The steps after embedding, on unit rows ``x`` ``(N, D)`` and images ``(N, 3, S, S)``; writes the CSVs."""
     t = time.perf_counter()
     graph = knn_graph(x, k, seed=seed, progress=progress)
@@ -107,7 +112,7 @@ def curate_embeddings(x: np.ndarray, images, files: list[str], labels: np.ndarra
     t = time.perf_counter()
     typ = typicality(graph.similarities)  # (N,)
     groups = find_duplicates(x, images, graph.similarities, graph.indices, typ, dup_threshold, pixel_threshold,
-                             progress)
+                             progress, edge_threshold)
     order = np.lexsort((~groups.keep, groups.group))  # by group, the kept image first
     write_csv(out / "duplicates.csv", ["group", "file", "keep", "similarity"],
               [(int(groups.group[i]), files[groups.members[i]], "true" if groups.keep[i] else "false",
@@ -119,7 +124,8 @@ def curate_embeddings(x: np.ndarray, images, files: list[str], labels: np.ndarra
     write_csv(out / "outliers.csv", ["file", "score"], [(files[i], f"{score[i]:.4f}") for i in ranked])
     times["outliers_s"] = time.perf_counter() - t
     result = {"neighbours": {"k": graph.k, "exact": graph.exact, "recall_vs_exact": round(graph.recall, 4)},
-              "thresholds": {"dup_threshold": dup_threshold, "pixel_threshold": pixel_threshold},
+              "thresholds": {"dup_threshold": dup_threshold, "pixel_threshold": pixel_threshold,
+                             "edge_threshold": edge_threshold},
               "duplicate_groups": int(groups.group.max() + 1) if len(groups.group) else 0,
               "duplicates_to_remove": len(groups.dropped())}
     notes = [] if graph.exact else [f"Approximate neighbour search (faiss IVF): recall@{graph.k} "

@@ -2,10 +2,18 @@
 
 Embedding similarity alone is not precise enough: with a 56 %-linear CIFAR-10 encoder, planted near-copies
 have cosine similarity 0.95-0.98 but so do plenty of distinct images of one kind (issue 19). So embeddings
-only propose candidate pairs (neighbours above ``threshold``) and pixels decide: each image's colour
-thumbnail is compared with aligned views of the other one (flipped or not, cropped at a few scales and
-offsets: the edits a copy goes through) by normalised cross-correlation. Exact copies (identical decoded
-pixels) are found by hashing and need no threshold.
+only propose candidate pairs (neighbours above ``threshold``) and pixels decide, in two passes:
+
+1. every candidate: each image's 12-px colour thumbnail against aligned views of the other one (flipped or
+   not, cropped at a few scales and offsets: the edits a copy goes through), by normalised
+   cross-correlation (NCC);
+2. the pairs that pass: the same on 16-px thumbnails with a finer alignment, then the correlation of the
+   grey-level *edges* (finite differences) of the best-aligned pair. Colour correlation is dominated by
+   the broad shading of an image, so two different small aeroplanes on the same blue sky correlate at
+   0.9-0.97; their edges do not (0.25-0.77 on CIFAR-10, against 0.87 or more for planted copies:
+   BENCHMARKS.md, "Curation").
+
+Exact copies (identical decoded pixels) are found by hashing and need no threshold.
 """
 
 from __future__ import annotations
@@ -16,11 +24,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crlf.curate import DUP_THRESHOLD, PIXEL_THRESHOLD
+from crlf.curate import DUP_THRESHOLD, EDGE_THRESHOLD, PIXEL_THRESHOLD
 
-THUMB = 12  # thumbnail side for the pixel check
-SCALES = (1.0, 0.9)  # side of the crop a copy may be: 0.9 x 0.9 = 81 %, a crop of >= 80 % of the area
-OFFSETS = 3  # positions per axis of each crop (corners and centre)
+
+@dataclass(frozen=True)
+class Alignment:
+    """The views of an image that a copy is compared with: crops whose side is each of ``scales`` of the
+    image's (0.9 x 0.9 = 81 %: a crop of >= 80 % of the area), at ``offsets`` positions per axis (corners and
+    centre, and between), each also mirrored; every view resampled to a ``thumb`` x ``thumb`` thumbnail."""
+
+    thumb: int
+    scales: tuple[float, ...]
+    offsets: int
+
+
+COARSE = Alignment(12, (1.0, 0.9), 3)  # every candidate pair: 38 views
+FINE = Alignment(16, (1.0, 0.95, 0.9), 5)  # the pairs that pass: 102 views
 
 
 @dataclass
@@ -62,26 +81,27 @@ def _float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).float()
 
 
-def _area_weights(start: int, width: int, side: int) -> np.ndarray:
-    """``(T, side)`` weights that average ``[start, start + width)`` into ``T`` equal cells (area resampling,
-    the antialiased downscale), as one matrix: resizing a crop is then a matrix product."""
-    edges = start + np.arange(THUMB + 1) * width / THUMB  # (T+1,) cell borders in source pixels
+def _area_weights(start: int, width: int, side: int, thumb: int) -> np.ndarray:
+    """``(T, side)`` weights that average ``[start, start + width)`` into ``T`` = ``thumb`` equal cells (area
+    resampling, the antialiased downscale), as one matrix: resizing a crop is then a matrix product."""
+    edges = start + np.arange(thumb + 1) * width / thumb  # (T+1,) cell borders in source pixels
     pixels = np.arange(side)
     overlap = np.clip(np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels), 0, None)
     return overlap / overlap.sum(1, keepdims=True)  # (T, side)
 
 
-def _resamplers(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _resamplers(side: int, align: Alignment) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column resampling matrices ``(V, T, side)`` of every view: the whole image, then crops of
-    SCALES at OFFSETS x OFFSETS integer positions; then all of them again on the mirrored image."""
+    ``align.scales`` at ``align.offsets`` x ``align.offsets`` integer positions; then all of them again on the
+    mirrored image."""
     rows, cols = [], []
-    for s in SCALES:
+    for s in align.scales:
         w = int(round(side * s))
-        starts = sorted({int(round(v)) for v in np.linspace(0, side - w, OFFSETS if w < side else 1)})
+        starts = sorted({int(round(v)) for v in np.linspace(0, side - w, align.offsets if w < side else 1)})
         for oy in starts:
             for ox in starts:
-                rows.append(_area_weights(oy, w, side))
-                cols.append(_area_weights(ox, w, side))
+                rows.append(_area_weights(oy, w, side, align.thumb))
+                cols.append(_area_weights(ox, w, side, align.thumb))
     rows, cols = np.stack(rows), np.stack(cols)
     mirrored = cols[:, :, ::-1]  # a crop of the mirror image: the same rows, the columns read right to left
     return (torch.tensor(np.concatenate([rows, rows]), dtype=torch.float32),
@@ -96,40 +116,76 @@ def _standardise(t: torch.Tensor) -> torch.Tensor:
     return t / t.norm(dim=-1, keepdim=True).clamp_min(2.0 * t.shape[-1] ** 0.5)
 
 
-def thumbnails(images: np.ndarray, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(whole image ``(B, 3*T*T)``, aligned views ``(B, V, 3*T*T)``: crops at SCALES, each also mirrored),
-    standardised, for ``images`` ``(B, 3, S, S)`` uint8. Each view is ``R_rows @ X @ R_cols^T`` per channel:
-    two small products instead of a resampling call per crop (an order of magnitude faster on a CPU)."""
+def aligned_views(images: np.ndarray, align: Alignment = COARSE, chunk: int = 256) -> torch.Tensor:
+    """Every view of ``align`` of ``images`` ``(B, 3, S, S)`` uint8, as float thumbnails ``(B, V, 3, T, T)``;
+    view 0 is the whole image. Each view is ``R_rows @ X @ R_cols^T`` per channel: two small products
+    instead of a resampling call per crop (an order of magnitude faster on a CPU)."""
     x = _float(images)  # (B, 3, S, S)
-    rows, cols = _resamplers(x.shape[-1])  # (V, T, S) each
+    rows, cols = _resamplers(x.shape[-1], align)  # (V, T, S) each
     out = []
     for start in range(0, len(x), chunk):
-        xb = x[start:start + chunk]  # (b, 3, S, S)
-        tmp = torch.einsum("vts,bcsu->bvctu", rows, xb)  # (b, V, 3, T, S): rows resampled
-        out.append(torch.einsum("bvctu,vwu->bvctw", tmp, cols).flatten(2))  # (b, V, 3*T*T)
-    views = torch.cat(out)
-    return _standardise(views[:, 0]), _standardise(views)  # the first view is the whole image
+        tmp = torch.einsum("vts,bcsu->bvctu", rows, x[start:start + chunk])  # (b, V, 3, T, S): rows resampled
+        out.append(torch.einsum("bvctu,vwu->bvctw", tmp, cols))  # (b, V, 3, T, T)
+    return torch.cat(out)
 
 
-def pixel_similarity(images: np.ndarray, pairs: np.ndarray, batch: int = 1024, progress: bool = False) -> np.ndarray:
-    """Best normalised cross-correlation ``(P,)`` between one image of each pair and any aligned view of the
-    other (both ways round): near 1 for a crop, flip or re-encoding of the same picture.
+def thumbnails(images: np.ndarray, align: Alignment = COARSE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(whole image ``(B, 3*T*T)``, aligned views ``(B, V, 3*T*T)``), standardised, for ``images``
+    ``(B, 3, S, S)`` uint8."""
+    views = _standardise(aligned_views(images, align).flatten(2))
+    return views[:, 0], views  # the first view is the whole image
 
-    Thumbnails are made per batch of pairs, never for all images at once: 50,000 images x 56 views would
-    hold 2.9 GB."""
+
+def _pair_batches(pairs: np.ndarray, batch: int, desc: str, progress: bool):
+    """(start, rows ``(r,)``, a ``(p,)``, b ``(p,)``) per batch of ``pairs`` ``(P, 2)``: the distinct rows the
+    batch names and each pair's two positions among them. Thumbnails are made per batch, never for all
+    images at once (50,000 images x 38 views would hold 2 GB)."""
     from tqdm.auto import tqdm
 
+    for start in tqdm(range(0, len(pairs), batch), desc=desc, unit="batch", disable=not progress, leave=False):
+        rows, inverse = np.unique(pairs[start:start + batch], return_inverse=True)
+        inverse = torch.from_numpy(inverse.reshape(-1, 2))
+        yield start, rows, inverse[:, 0], inverse[:, 1]
+
+
+def pixel_similarity(images: np.ndarray, pairs: np.ndarray, batch: int = 1024, progress: bool = False,
+                     align: Alignment = COARSE) -> np.ndarray:
+    """Best normalised cross-correlation ``(P,)`` between one image of each pair and any aligned view of the
+    other (both ways round): near 1 for a crop, flip or re-encoding of the same picture."""
     out = np.zeros(len(pairs), dtype=np.float32)
-    for start in tqdm(range(0, len(pairs), batch), desc="pixel check", unit="batch", disable=not progress,
-                      leave=False):
-        chunk = pairs[start:start + batch]  # (p, 2)
-        rows, inverse = np.unique(chunk, return_inverse=True)
-        whole, views = thumbnails(images[rows])  # (r, 3*T*T), (r, V, 3*T*T)
-        a, b = torch.from_numpy(inverse.reshape(-1, 2)[:, 0]), torch.from_numpy(inverse.reshape(-1, 2)[:, 1])
+    for start, rows, a, b in _pair_batches(pairs, batch, "pixel check", progress):
+        whole, views = thumbnails(images[rows], align)  # (r, 3*T*T), (r, V, 3*T*T)
         ab = torch.einsum("pd,pvd->pv", whole[a], views[b]).amax(1)  # a against b's views, (p,)
         ba = torch.einsum("pd,pvd->pv", whole[b], views[a]).amax(1)  # b against a's views
-        out[start:start + batch] = torch.maximum(ab, ba).numpy()
+        out[start:start + len(a)] = torch.maximum(ab, ba).numpy()
     return out
+
+
+def _edges(thumbs: torch.Tensor) -> torch.Tensor:
+    """Grey-level finite differences ``(P, 2*T*(T-1))`` (down and across) of thumbnails ``(P, 3, T, T)``,
+    centred; under 2 grey levels of edge per cell counts as flat (the floor of ``_standardise``)."""
+    grey = thumbs.mean(1)  # (P, T, T)
+    d = torch.cat([(grey[:, 1:] - grey[:, :-1]).flatten(1), (grey[:, :, 1:] - grey[:, :, :-1]).flatten(1)], 1)
+    d = d - d.mean(1, keepdim=True)
+    return d / d.norm(dim=1, keepdim=True).clamp_min(2.0 * d.shape[1] ** 0.5)
+
+
+def structure_similarity(images: np.ndarray, pairs: np.ndarray, batch: int = 256, progress: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(colour NCC ``(P,)``, edge correlation ``(P,)``) of each pair at the FINE alignment: the best-aligned
+    view of either image against the whole other one, then the correlation of the two thumbnails' edges."""
+    ncc, edge = np.zeros(len(pairs), np.float32), np.zeros(len(pairs), np.float32)
+    for start, rows, a, b in _pair_batches(pairs, batch, "edge check", progress):
+        views = aligned_views(images[rows], FINE)  # (r, V, 3, T, T)
+        std = _standardise(views.flatten(2))  # (r, V, 3*T*T)
+        best_ab, view_ab = torch.einsum("pd,pvd->pv", std[a, 0], std[b]).max(1)  # (p,) each
+        best_ba, view_ba = torch.einsum("pd,pvd->pv", std[b, 0], std[a]).max(1)
+        forward = (best_ab >= best_ba)[:, None, None, None]  # which way round aligned better
+        whole = torch.where(forward, views[a, 0], views[b, 0])  # (p, 3, T, T)
+        aligned = torch.where(forward, views[b, view_ab], views[a, view_ba])  # (p, 3, T, T)
+        ncc[start:start + len(a)] = torch.maximum(best_ab, best_ba).numpy()
+        edge[start:start + len(a)] = (_edges(whole) * _edges(aligned)).sum(1).numpy()
+    return ncc, edge
 
 
 def connected_groups(n: int, pairs: np.ndarray) -> list[np.ndarray]:
@@ -180,15 +236,23 @@ def anchored_groups(n: int, exact: np.ndarray, near: np.ndarray, typicality: np.
     return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
+def confirmed_pairs(images: np.ndarray, candidates: np.ndarray, pixel_threshold: float = PIXEL_THRESHOLD,
+                    edge_threshold: float = EDGE_THRESHOLD, progress: bool = False) -> np.ndarray:
+    """The candidate pairs ``(P, 2)`` that both pixel passes confirm as copies, ``(Q, 2)``."""
+    near = candidates[pixel_similarity(images, candidates, progress=progress) >= pixel_threshold]
+    ncc, edge = structure_similarity(images, near, progress=progress)
+    return near[(ncc >= pixel_threshold) & (edge >= edge_threshold)]
+
+
 def find_duplicates(embeddings: np.ndarray, images: np.ndarray, sims: np.ndarray, idx: np.ndarray,
                     typicality: np.ndarray, threshold: float = DUP_THRESHOLD,
-                    pixel_threshold: float = PIXEL_THRESHOLD, progress: bool = False) -> Groups:
+                    pixel_threshold: float = PIXEL_THRESHOLD, progress: bool = False,
+                    edge_threshold: float = EDGE_THRESHOLD) -> Groups:
     """Groups of exact and confirmed near-duplicates; in each, the most typical image is kept.
 
     ``embeddings`` ``(N, D)`` unit rows, ``images`` ``(N, 3, S, S)`` uint8, the graph ``sims``/``idx``
     ``(N, k)``, ``typicality`` ``(N,)``."""
-    candidates = candidate_pairs(sims, idx, threshold)
-    near = candidates[pixel_similarity(images, candidates, progress=progress) >= pixel_threshold]
+    near = confirmed_pairs(images, candidate_pairs(sims, idx, threshold), pixel_threshold, edge_threshold, progress)
     group, members, keep, similarity = [], [], [], []
     for g, rows in enumerate(anchored_groups(len(images), exact_pairs(images), near, typicality)):
         kept = rows[np.argmax(typicality[rows])]

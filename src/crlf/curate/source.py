@@ -69,18 +69,31 @@ def single_top(root: Path) -> str | None:
     return None
 
 
+def dataset_splits(dataset) -> list[tuple[str, object]]:
+    """The loaded dataset's splits that exist, in the order every list of files follows: train, test,
+    unlabeled."""
+    return [(name, s) for name, s in (("train", dataset.train), ("test", dataset.test),
+                                      ("unlabeled", dataset.unlabeled)) if s is not None]
+
+
+def relative_files(data: str, splits: list[tuple[str, object]]) -> list[str]:
+    """Each image's file name relative to ``data``, split after split; ``<split>/<row>`` for a dataset that
+    has no files (CIFAR's binary batches). ``crlf embed`` and ``crlf curate`` both name images so."""
+    top = single_top(Path(data).expanduser())
+    files = []
+    for name, s in splits:
+        files += [_relative(f, top) for f in s.files] if s.files else [f"{name}/{i}" for i in range(len(s))]
+    return files
+
+
 def load_images(data: str, image_size: int, progress: bool = True) -> Images:
     """Every image of ``data`` (train, test and unlabelled splits together), bad images skipped and listed."""
     from crlf.data.sources import load_dataset
 
     dataset = load_dataset(data, image_size, on_bad_image="skip", progress=progress)
     root = Path(data).expanduser()
-    top = single_top(root)
-    splits = [(name, s) for name, s in (("train", dataset.train), ("test", dataset.test),
-                                        ("unlabeled", dataset.unlabeled)) if s is not None]
-    files = []
-    for name, s in splits:
-        files += [_relative(f, top) for f in s.files] if s.files else [f"{name}/{i}" for i in range(len(s))]
+    splits = dataset_splits(dataset)
+    files = relative_files(data, splits)
     skipped = []
     for where, reason in dataset.skipped:  # the loader names them by full path: make them relative too
         rel = where[len(str(root)):].lstrip("/\\") if where.startswith(str(root)) else where
