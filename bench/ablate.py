@@ -50,6 +50,8 @@ def main(argv=None) -> int:
                    help="only the quick evaluation of RUN, printed as one JSON line (bench/methods.py uses it)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for this ablation (0: default)")
     p.add_argument("--root", type=Path, default=REPO / "runs" / "ablate")
+    p.add_argument("--runner", type=Path, help="a script that runs the crlf CLI with a lever patched in "
+                                              "(e.g. bench/stem_lever.py); default: crlf itself")
     p.add_argument("flags", nargs=argparse.REMAINDER, help="-- then crlf pretrain flags")
     args = p.parse_args(argv)
     if args.evaluate_only:
@@ -64,7 +66,8 @@ def main(argv=None) -> int:
         p.error("--name is required")
     flags = [f for f in args.flags if f != "--"] if args.flags[:1] == ["--"] else args.flags
     run_dir = args.root / args.name
-    cmd = [sys.executable, "-m", "crlf.cli", "pretrain", *flags, "--out", str(run_dir), "--quiet"]
+    runner = [str(args.runner)] if args.runner else ["-m", "crlf.cli"]
+    cmd = [sys.executable, *runner, "pretrain", *flags, "--out", str(run_dir), "--quiet"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     t0 = time.perf_counter()
@@ -77,7 +80,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     metrics = quick_evaluate(run_dir)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    row = {"name": args.name, "flags": shlex.join(flags), "threads": args.threads or "default",
+    row = {"name": args.name, "flags": shlex.join(flags), "runner": str(args.runner or "crlf"),
+           "threads": args.threads or "default",
            "pretrain_s": round(sum(r["epoch_time_s"] for r in history), 1), "wall_s": round(wall, 1),
            "linear_top1": round(metrics["linear_top1"], 4), "knn_top1": round(metrics["knn_top1"], 4),
            "knn_top1_k20": round(metrics["knn_top1_k20"], 4), "final_loss": round(history[-1]["loss"], 4)}
