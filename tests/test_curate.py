@@ -72,6 +72,17 @@ def test_approximate_graph_reports_its_recall():
     assert g.recall > 0.5  # 5 tight clusters: an IVF probe mostly lands in the right one
 
 
+def test_exact_search_by_blocks_equals_a_full_sort():
+    from crlf.curate.graph import _exact_search
+
+    x = unit(np.random.default_rng(7).normal(size=(300, 8))).astype(np.float32)
+    rows = np.arange(0, 300, 7)
+    sims, idx = _exact_search(x, rows, 5, block=64, queries_per_block=16)  # blocks that split the rows
+    full = x[rows] @ x.T  # (R, N)
+    np.testing.assert_array_equal(idx, np.argsort(-full, axis=1, kind="stable")[:, :5])
+    np.testing.assert_allclose(sims, -np.sort(-full, axis=1)[:, :5], rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------
 # duplicates
 

@@ -114,18 +114,23 @@ def knn_graph(embeddings: np.ndarray, k: int = 20, exact: bool | None = None, se
     return Graph(sims, idx, False, found / true_idx.size)
 
 
-def _exact_search(x: np.ndarray, rows: np.ndarray, k: int, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` (similarities, indices) ``(R, k)`` of the rows ``rows`` among all of ``x`` ``(N, D)``,
-    by blocks of ``x``: a flat faiss index would hold a second copy of a million embeddings (2 GB)."""
-    best_s = np.full((len(rows), k), -np.inf, dtype=np.float32)
-    best_i = np.full((len(rows), k), -1, dtype=np.int64)
-    queries = x[rows]  # (R, D)
-    for start in range(0, len(x), chunk):
-        s = queries @ x[start:start + chunk].T  # (R, c)
-        part = np.argpartition(-s, min(k, s.shape[1]) - 1, axis=1)[:, :k]  # (R, k) the block's best, unordered
-        both_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], 1)  # (R, 2k)
-        both_i = np.concatenate([best_i, part + start], 1)
-        top = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(both_s, top, 1), np.take_along_axis(both_i, top, 1)
-    return best_s, best_i
-
+def _exact_search(x: np.ndarray, rows: np.ndarray, k: int, block: int = 65_536, queries_per_block: int = 1_024
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` (similarities, indices) ``(R, k)`` of the rows ``rows`` among all of ``x`` ``(N, D)``.
+    By blocks of queries and of ``x`` (a similarity block is at most 1,024 x 65,536, 256 MB), and without a
+    flat faiss index, which would hold a second copy of a million embeddings (2 GB)."""
+    out_s = np.empty((len(rows), k), dtype=np.float32)
+    out_i = np.empty((len(rows), k), dtype=np.int64)
+    for q in range(0, len(rows), queries_per_block):
+        queries = x[rows[q:q + queries_per_block]]  # (r, D)
+        best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        best_i = np.full((len(queries), k), -1, dtype=np.int64)
+        for start in range(0, len(x), block):
+            s = queries @ x[start:start + block].T  # (r, c)
+            part = np.argpartition(-s, min(k, s.shape[1]) - 1, axis=1)[:, :k]  # (r, <=k) the block's best
+            both_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], 1)  # (r, <=2k)
+            both_i = np.concatenate([best_i, part + start], 1)
+            top = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(both_s, top, 1), np.take_along_axis(both_i, top, 1)
+        out_s[q:q + len(queries)], out_i[q:q + len(queries)] = best_s, best_i
+    return out_s, out_i
