@@ -146,6 +146,8 @@ def test_collapse_check_warns_only_near_zero_std():
         warn_if_collapsed(0.013, 64, 1)
     with pytest.warns(UserWarning, match=r"possible collapse at epoch 3: the spread of the L2-normalised embeddings is 0\.0120"):
         warn_if_collapsed(0.012, 64, 3)
+    with pytest.warns(UserWarning, match=r"Check the learning rate\.$"):  # a method without a temperature
+        warn_if_collapsed(0.012, 64, 3, with_temperature=False)
 
 
 class _ConstantHead(nn.Module):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import save as safetensors_bytes
 
 from crlf.config import apply_overrides, load_run_config, to_dict
+from crlf.curate.probe_file import save_probe
 from crlf.data.sources import balanced_subset, load_dataset
 from crlf.downstream.finetune import finetune_metrics
 from crlf.downstream.metrics import default_extra_metrics
@@ -17,7 +16,7 @@ from crlf.downstream.protocol import protocol_record
 from crlf.errors import UsageError
 from crlf.evaluate import evaluate_features, extract_features, freeze
 from crlf.export import save_array
-from crlf.io import atomic_write_bytes, atomic_write_json
+from crlf.io import atomic_write_json
 from crlf.model_card import write_model_card
 from crlf.models.backbones import load_encoder
 from crlf.run_files import read_history
@@ -91,9 +90,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = No
     for name, array in (("train_embeddings", train_x), ("test_embeddings", test_x),
                         ("train_labels", train.labels), ("test_labels", dataset.test.labels)):
         save_array(run_dir / f"{name}.npy", array)
-    probe_tensors = {"weight": probe.weight, "bias": probe.bias, "mean": probe.mean, "std": probe.std}
-    atomic_write_bytes(run_dir / "linear_probe.safetensors",
-                       safetensors_bytes(probe_tensors, metadata={"classes": json.dumps(dataset.classes)}))
+    save_probe(run_dir / "linear_probe.safetensors", probe, list(dataset.classes), {"made_by": "crlf evaluate"})
     history = read_history(run_dir)
     metrics |= {
         "data": dataset.description,

@@ -107,8 +107,7 @@ class RunSearch:
 
     def __init__(self, run_dir: str | Path, data: str | None = None, device: str = "cpu", progress: bool = False,
                  probe: str | Path | None = None):
-        from safetensors import safe_open
-
+        from crlf.curate.probe_file import load_probe, read_probe
         from crlf.data.sources import balanced_subset, load_dataset
         from crlf.models.backbones import load_encoder
 
@@ -128,24 +127,20 @@ class RunSearch:
         metrics_path = run_dir / "metrics.json"
         self.metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         self.probe_path = Path(probe) if probe else None
+        run_probe = run_dir / "linear_probe.safetensors"
         if self.probe_path is None:
-            with safe_open(str(run_dir / "linear_probe.safetensors"), framework="pt") as f:
-                classes = (f.metadata() or {}).get("classes")
-                self.classes: list[str] = json.loads(classes) if classes else list(self.metrics.get("classes", []))
-                self.probe = {name: f.get_tensor(name).float() for name in ("weight", "bias", "mean", "std")}
+            self.probe, classes, _ = read_probe(run_probe)
+            self.classes: list[str] = classes or list(self.metrics.get("classes", []))
             if len(self.classes) != self.probe["weight"].shape[0]:
                 raise UsageError(f"'{run_dir}/linear_probe.safetensors' has no class names for its "
                                  f"{self.probe['weight'].shape[0]} outputs; run crlf evaluate {run_dir} again.")
             self.probe_classes, self.probe_info = self.classes, {}
         else:  # crlf classify --save-probe: its classes are served; neighbours keep the run's own labels
-            from crlf.curate.probe_file import load_probe
-
             loaded, self.probe_classes, self.probe_info = load_probe(self.probe_path)
             self.probe = {"weight": loaded.weight, "bias": loaded.bias, "mean": loaded.mean, "std": loaded.std}
             self.classes = list(self.metrics.get("classes", []))
-            if not self.classes and (run_dir / "linear_probe.safetensors").is_file():
-                with safe_open(str(run_dir / "linear_probe.safetensors"), framework="pt") as f:
-                    self.classes = json.loads((f.metadata() or {}).get("classes", "[]"))
+            if not self.classes and run_probe.is_file():
+                self.classes = read_probe(run_probe)[1]
         if not has_bank:
             self.index = self.dataset = self.train = None
             width = self.embed(np.zeros((3, self.image_size, self.image_size), np.uint8)).shape[0]

@@ -392,7 +392,8 @@ class Trainer:
         if probe_steps:  # the mean over the steps that had labels
             logs["online_probe_top1"] = probe_sum / probe_steps
         if distributed.is_main():  # the logs are means over the ranks: one warning is enough
-            warn_if_collapsed(spread, self.method.embedding_dim, state.epoch + 1)
+            warn_if_collapsed(spread, self.method.embedding_dim, state.epoch + 1,
+                              with_temperature=hasattr(cfg.method, "temperature"))
         record = {"epoch": state.epoch + 1, "loss": state.epoch_loss_sum / steps, "lr": self.lr,
                   "epoch_time_s": round(state.epoch_time_s, 3),
                   "images_per_s": round(steps * self.batch / state.epoch_time_s, 1),
@@ -453,14 +454,16 @@ def write_training_metrics(run_dir: Path, state: Progress) -> None:
     save_array(run_dir / "step_losses.npy", np.asarray(state.step_losses, dtype=np.float64))
 
 
-def warn_if_collapsed(spread: float, dim: int, epoch: int) -> None:
+def warn_if_collapsed(spread: float, dim: int, epoch: int, with_temperature: bool = True) -> None:
     """Warn when the embeddings' spread (``methods.base.embedding_spread``, an epoch's mean) is below 10 % of
-    what ``dim``-dimensional unit vectors spread uniformly over the sphere give (1/sqrt(dim))."""
+    what ``dim``-dimensional unit vectors spread uniformly over the sphere give (1/sqrt(dim)).
+    ``with_temperature``: the method has a temperature to check (its settings declare one)."""
     uniform = 1 / math.sqrt(dim)
     if spread < COLLAPSE_STD_FRACTION * uniform:
+        check = "the learning rate and temperature" if with_temperature else "the learning rate"
         warnings.warn(
             f"possible collapse at epoch {epoch}: the spread of the L2-normalised embeddings is {spread:.4f} "
-            f"(a uniform spread gives {uniform:.3f}). Check the learning rate and temperature.", stacklevel=3)
+            f"(a uniform spread gives {uniform:.3f}). Check {check}.", stacklevel=3)
 
 
 # The online kNN monitor: a fixed draw of training images, labels used for this number only.
