@@ -251,6 +251,19 @@ class MomentumMethod(Method):
         return like.new_tensor(self.momentum, dtype=torch.float32)  # on the loss's device: logs are stacked
 
 
+@torch.no_grad()
+def write_to_ring(queue: torch.Tensor, pointer: torch.Tensor, rows: torch.Tensor) -> int:
+    """Write ``rows`` ``(B, D)`` into the ring buffer ``queue`` ``(K, D)`` at ``pointer`` (a 0-d long tensor),
+    wrapping round, and advance the pointer, on the device (no host sync); returns how many were written
+    (the last ``K`` when ``B > K``). MoCo v2's negatives and NNCLR's support set."""
+    length = len(queue)
+    rows = rows[-length:]  # (min(B, K), D)
+    where = (pointer + torch.arange(len(rows), device=rows.device)) % length  # (B,)
+    queue[where] = rows.to(queue.dtype)
+    pointer.copy_((pointer + len(rows)) % length)
+    return len(rows)
+
+
 def fitted_queue_size(requested: int, num_images: int, batch_size: int, what: str) -> int:
     """A queue of past embeddings must hold fewer entries than the training set minus one batch, or it
     would hold copies of the current images (a stale copy of an image's own positive as a negative);

@@ -26,6 +26,7 @@ from crlf.methods.base import (
     fitted_queue_size,
     predictor_from,
     projector_from,
+    write_to_ring,
 )
 from crlf.methods.settings import MomentumTemperatureSettings, check
 
@@ -154,17 +155,8 @@ class MoCoV2(MomentumMethod):
     def on_step_end(self, clock):
         super().on_step_end(clock)
         if self._new_keys is not None:
-            self.enqueue(self._new_keys)
+            write_to_ring(self.queue, self.queue_ptr, self._new_keys)  # replaces the oldest keys
             self._new_keys = None
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` (B, D) at the pointer (wrapping round) and advance it by B, modulo the length."""
-        length = len(self.queue)
-        keys = keys[-length:]  # (min(B, K), D)
-        rows = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % length  # (B,)
-        self.queue[rows] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % length)  # on the device: no host sync
 
 
 class MoCoV3(MomentumMethod):

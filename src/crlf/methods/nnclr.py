@@ -26,6 +26,7 @@ from crlf.methods.base import (
     fitted_queue_size,
     predictor_from,
     projector_from,
+    write_to_ring,
 )
 from crlf.methods.settings import TemperatureSettings, check
 
@@ -128,9 +129,6 @@ class NNCLR(Method):
     @torch.no_grad()
     def on_step_end(self, clock) -> None:
         if self._to_enqueue is not None:
-            keys = self._to_enqueue[-len(self.queue):]  # (min(B, K), D)
-            rows = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)  # (B,)
-            self.queue[rows] = keys.to(self.queue.dtype)
-            self.queue_ptr.copy_((self.queue_ptr + len(keys)) % len(self.queue))
-            self.queue_filled.add_(len(keys)).clamp_(max=len(self.queue))
+            written = write_to_ring(self.queue, self.queue_ptr, self._to_enqueue)
+            self.queue_filled.add_(written).clamp_(max=len(self.queue))
         self._to_enqueue = None
