@@ -15,7 +15,7 @@ BUDGET ?= $(if $(GPU),,20)
 OUT    ?= runs/main
 ARGS   ?=
 
-.PHONY: install bench-env run run-seed test bench bench-budget clean
+.PHONY: install bench-env run run-seed test test-other-cpus bench bench-budget clean
 
 install: $(STAMP)
 
@@ -43,6 +43,19 @@ run-seed: install
 
 test: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+# The same suite under the kernels of other CPUs: oneDNN and ATen dispatch by instruction set, and each
+# set rounds differently (other summation orders). SSE4.1 on one thread stands for a CPU unlike this one
+# (an older x86, and the order of sums an ARM or Apple-silicon build takes); where this CPU has AVX-512,
+# AVX2 stands for the many that lack it. A test that passes only with this machine's rounding fails here.
+OTHER_CPUS := "ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1"
+OTHER_CPUS += $(if $(shell grep -m1 -o avx512f /proc/cpuinfo 2>/dev/null),"ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2")
+
+test-other-cpus: install
+	@failed=0; for kernels in $(OTHER_CPUS); do \
+	  echo "== the suite under $$kernels"; \
+	  env $$kernels $(PY) -m pytest -m "not slow" $(ARGS) || failed=$$?; \
+	done; exit $$failed
 
 bench: install bench-env
 	$(PY) bench/eval_speed.py $(ARGS)
