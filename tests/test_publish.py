@@ -167,7 +167,7 @@ def test_model_card_before_evaluation_stale_and_unlabeled(tiny_run, tmp_path):
     unlabeled = SimpleNamespace(classes=[], test=None)
     why = evaluation_gap(unlabeled)
     assert why == "the data have no labels"
-    assert evaluation_gap(SimpleNamespace(classes=["a"], test=None)) == "the data have no test split"
+    assert evaluation_gap(SimpleNamespace(classes=["a", "b"], test=None)) is None  # evaluated on a hold-out
     card = write_model_card(run, why).read_text()
     assert "Not evaluated: the data have no labels" in card and f"crlf evaluate {run} --data ROOT" in card
     metrics = json.loads((tiny_run / "metrics.json").read_text())

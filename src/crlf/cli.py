@@ -48,8 +48,13 @@ TRAIN_FLAGS = {
     "precision": ("train", "precision"),
     "budget": ("train", "budget_minutes"),
     "eval_every": ("train", "eval_every"),
+    "eval_split": ("eval", "split"),
     "checkpoint_every_steps": ("train", "checkpoint_every_steps"),
 }
+
+
+EVAL_SPLIT_HELP = ("a labelled folder without a test split: the share of each class held out (seeded, stratified) "
+                   "for the linear probe and kNN to be measured on (default 0.2)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -94,6 +99,7 @@ def _add_train_flags(p: argparse.ArgumentParser, with_out: bool = True) -> None:
                    help="plan pretraining to end within MINUTES of wall time (epochs, resolution split, schedules)")
     p.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
     p.add_argument("--eval-every", type=int, help="online kNN monitor every N epochs (0: off)")
+    p.add_argument("--eval-split", type=float, metavar="SHARE", help=EVAL_SPLIT_HELP)
     p.add_argument("--checkpoint-every-steps", type=int, help="also checkpoint every N steps within an epoch")
     p.add_argument("--on-bad-image", choices=["error", "skip"], help="stop at a bad image (default) or skip it")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
@@ -123,6 +129,7 @@ def build_parser() -> Parser:
                     "--finetune and --supervised-baseline.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--data", help="evaluate on another copy of the same data")
+    p.add_argument("--eval-split", type=float, metavar="SHARE", help=EVAL_SPLIT_HELP)
     p.add_argument("--device")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--finetune", action="store_true",
@@ -330,7 +337,8 @@ def dispatch(args: argparse.Namespace) -> int:
               f"linear top-1 {m['linear_top1']:.2%} on {m['data']}; artefacts in {run_dir}/")
     elif args.command == "evaluate":
         _evaluate(args.run_dir, args.data, args.device, args.quiet, finetune=args.finetune,
-                  supervised_baseline=args.supervised_baseline, finetune_epochs=args.finetune_epochs, mix=args.mix)
+                  supervised_baseline=args.supervised_baseline, finetune_epochs=args.finetune_epochs, mix=args.mix,
+                  eval_split=args.eval_split)
     elif args.command == "report":
         _report(args.run_dir)
     elif args.command == "sweep":

@@ -150,6 +150,9 @@ class EvalConfig:
     knn_temperature: float = 0.1
     linear_max_iter: int = 200
     tsne_points: int = 2000
+    # A labelled folder without a test split: the share of each class held out for the linear probe and kNN
+    # to be measured on (seeded, stratified; crlf.data.holdout). Unused where the source has a test split.
+    split: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -420,6 +423,7 @@ def validate(cfg: Config) -> None:
     _validate_backbone_for_method(cfg)
     _check(cfg.eval.knn_k >= 1, "eval.knn_k must be >= 1.")
     _check(cfg.eval.knn_temperature > 0, "eval.knn_temperature must be > 0.")
+    _check(0 < cfg.eval.split < 1, "eval.split (--eval-split) must be between 0 and 1, e.g. 0.2.")
 
 
 def _validate_crops(cfg: Config) -> None:

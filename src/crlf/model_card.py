@@ -38,11 +38,10 @@ def record_command(run_dir: Path, command: str | None, resumed_at: str | None = 
 
 
 def evaluation_gap(dataset) -> str | None:
-    """Why the run's data cannot be evaluated (no labels, no test split), or None if it can."""
+    """Why the run's data cannot be evaluated (no labels), or None if it can (labels without a test split
+    are evaluated on a hold-out: crlf.data.holdout)."""
     if not dataset.classes:
         return "the data have no labels"
-    if dataset.test is None:
-        return "the data have no test split"
     return None
 
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from crlf.config import apply_overrides, load_run_config, to_dict
 from crlf.curate.probe_file import save_probe
-from crlf.data.sources import balanced_subset, load_dataset
+from crlf.data.holdout import evaluation_splits
+from crlf.data.sources import load_dataset
 from crlf.downstream.finetune import finetune_metrics
 from crlf.downstream.metrics import default_extra_metrics
 from crlf.downstream.protocol import protocol_record
@@ -27,21 +28,19 @@ run_config = load_run_config  # kept under this name for callers of crlf.pipelin
 
 
 class EvaluationSkipped(UsageError):
-    """The data have no labels or no test split: nothing label-based can be measured. ``crlf evaluate``
-    exits 2 with the message; ``crlf run`` prints it and keeps the pretraining result (exit 0)."""
+    """The data have no labels: nothing label-based can be measured (labels without a test split get a
+    hold-out, crlf.data.holdout). ``crlf evaluate`` exits 2 with the message; ``crlf run`` prints it and keeps
+    the pretraining result (exit 0)."""
 
 
 def check_labelled(dataset, source: str, run_dir: Path) -> None:
     """Raise :class:`EvaluationSkipped` saying why and what to pass, if ``dataset`` cannot be evaluated."""
-    fix = (f"To evaluate, pass a labelled copy with both splits: crlf evaluate {run_dir} --data ROOT "
-           f"(ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg).")
+    fix = (f"To evaluate, pass a labelled copy: crlf evaluate {run_dir} --data ROOT (ROOT/<class>/*.jpg, or "
+           f"ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg).")
     kept = f"The pretrained encoder is in {run_dir / 'encoder.safetensors'}; crlf embed works on it."
     if not dataset.classes:
         raise EvaluationSkipped(f"'{source}' has no labels (a flat folder of images, no class folders), so "
                                 f"label-based evaluation (linear probe, kNN) was skipped. {kept} {fix}")
-    if dataset.test is None:
-        raise EvaluationSkipped(f"'{source}' has no test split (test/<class>/...), so label-based evaluation "
-                                f"(linear probe, kNN) was skipped. {kept} {fix}")
 
 
 def plot_pretraining(run_dir: Path) -> list[Path]:
@@ -56,39 +55,46 @@ def plot_pretraining(run_dir: Path) -> list[Path]:
 
 def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = None, progress: bool = True,
                  finetune: bool = False, supervised_baseline: bool = False, finetune_epochs: int = 5,
-                 mix: str = "both") -> dict:
+                 mix: str = "both", eval_split: float | None = None) -> dict:
     """Features of un-augmented train/test images -> metrics.json, embeddings .npy, linear probe weights.
 
     Always: linear probe, kNN, protocol guards, label efficiency, few-shot, retrieval, clustering.
-    Opt-in (expensive on a CPU): ``finetune`` and ``supervised_baseline`` train whole networks."""
+    Opt-in (expensive on a CPU): ``finetune`` and ``supervised_baseline`` train whole networks.
+    Data without a test split are measured on a stratified hold-out of ``eval_split`` (``eval.split``)."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     if data is not None:
         cfg = apply_overrides(cfg, {"data": {"source": data}}, origin="--data")
+    if eval_split is not None:
+        cfg = apply_overrides(cfg, {"eval": {"split": eval_split}}, origin="--eval-split")
     dev = resolve_device(device or cfg.train.device)
     t0 = time.perf_counter()
     encoder = freeze(load_encoder(run_dir).to(dev))
     dataset = load_dataset(cfg.data.source, cfg.data.image_size, cfg.data.on_bad_image, progress=progress)
     check_labelled(dataset, cfg.data.source, run_dir)
-    # The same class-balanced subset that pretraining saw; the test split always in full.
-    train = balanced_subset(dataset.train, cfg.data.limit, seed=cfg.train.seed)
+    # The same class-balanced subset that pretraining saw; the test split (or the hold-out) always in full.
+    splits = evaluation_splits(dataset, cfg.data.limit, cfg.train.seed, cfg.eval.split)
+    train, test = splits.train, splits.test
     mean, std = cfg.augment.mean, cfg.augment.std
     train_x = extract_features(encoder, train.images, mean, std, dev, progress=progress, desc="train features")
-    test_x = extract_features(encoder, dataset.test.images, mean, std, dev, progress=progress, desc="test features")
+    test_x = extract_features(encoder, test.images, mean, std, dev, progress=progress, desc="test features")
     t_features = time.perf_counter() - t0
     # Protocol guards: raise before any metric is computed if the test split leaked or features are random.
-    protocol = protocol_record(encoder, train.images, dataset.test.images, test_x, mean, std, dev, cfg.train.seed)
-    metrics, probe = evaluate_features(train_x, train.labels, test_x, dataset.test.labels, dataset.classes,
+    protocol = protocol_record(encoder, train.images, test.images, test_x, mean, std, dev, cfg.train.seed)
+    metrics, probe = evaluate_features(train_x, train.labels, test_x, test.labels, dataset.classes,
                                        cfg.eval.knn_k, cfg.eval.knn_temperature, cfg.eval.linear_max_iter,
                                        cfg.train.seed)
     metrics["protocol"] = protocol
-    metrics |= default_extra_metrics(train_x, train.labels, test_x, dataset.test.labels, len(dataset.classes),
+    metrics["evaluation_split"] = splits.record
+    if splits.record["kind"] == "held-out":
+        protocol["pretraining_data"] = "every image of the folder, the held-out ones included, without labels"
+    metrics |= default_extra_metrics(train_x, train.labels, test_x, test.labels, len(dataset.classes),
                                      metrics, cfg.train.seed, cfg.eval.linear_max_iter)
     if finetune or supervised_baseline:
-        metrics |= finetune_metrics(run_dir, cfg, train, dataset.test, len(dataset.classes), dev, finetune,
+        metrics |= finetune_metrics(run_dir, cfg, train, test, len(dataset.classes), dev, finetune,
                                     supervised_baseline, finetune_epochs, mix)
     for name, array in (("train_embeddings", train_x), ("test_embeddings", test_x),
-                        ("train_labels", train.labels), ("test_labels", dataset.test.labels)):
+                        ("train_labels", train.labels), ("test_labels", test.labels)):
         save_array(run_dir / f"{name}.npy", array)
     save_probe(run_dir / "linear_probe.safetensors", probe, list(dataset.classes), {"made_by": "crlf evaluate"})
     history = read_history(run_dir)
@@ -106,7 +112,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, device: str | None = No
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     if cfg.train.tensorboard:  # the embedding projector: test embeddings, class names, a sprite of the images
-        write_projector(run_dir, test_x, dataset.test.labels, dataset.classes, dataset.test.images)
+        write_projector(run_dir, test_x, test.labels, dataset.classes, test.images)
     write_model_card(run_dir)  # RUN/README.md, now with the linear and kNN figures
     return metrics
 

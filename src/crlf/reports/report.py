@@ -90,7 +90,8 @@ def _pct(v) -> str:
 def make_neighbours_plot(run_dir: Path, metrics: dict, queries: int = 6, k: int = 8) -> Path:
     """plots/neighbours.png: the top-``k`` train neighbours (cosine) of ``queries`` test images."""
     from crlf.config import load_run_config
-    from crlf.data.sources import balanced_subset, load_dataset
+    from crlf.data.holdout import evaluation_splits
+    from crlf.data.sources import load_dataset
     from crlf.export import load_array
     from crlf.neighbours import CosineIndex
     from crlf.plots import neighbours_grid
@@ -100,15 +101,17 @@ def make_neighbours_plot(run_dir: Path, metrics: dict, queries: int = 6, k: int 
     train_y, test_y = load_array(run_dir / "train_labels.npy"), load_array(run_dir / "test_labels.npy")
     source = metrics.get("data_source", cfg.data.source)
     dataset = load_dataset(source, cfg.data.image_size, cfg.data.on_bad_image, progress=False)
-    train = balanced_subset(dataset.train, cfg.data.limit, seed=cfg.train.seed)
-    if len(train) != len(train_x) or dataset.test is None or len(dataset.test) != len(test_x):
+    split = metrics.get("evaluation_split", {}).get("fraction", cfg.eval.split)
+    splits = evaluation_splits(dataset, cfg.data.limit, cfg.train.seed, split)
+    train, test = splits.train, splits.test
+    if len(train) != len(train_x) or len(test) != len(test_x):
         raise UsageError(f"'{source}' no longer matches the run's embeddings")
     # One query per class for the first few classes (a fixed, readable choice), then nearest by cosine.
     rng = np.random.default_rng(0)
     picks = [int(rng.choice(np.flatnonzero(test_y == c))) for c in np.unique(test_y)[:queries]]
     sims, top = CosineIndex(train_x).topk(test_x[picks], k)  # (Q, k) each
     top = top.numpy()
-    return neighbours_grid(dataset.test.images[picks], test_y[picks], train.images[top], train_y[top],
+    return neighbours_grid(test.images[picks], test_y[picks], train.images[top], train_y[top],
                            sims.numpy(), metrics["classes"], run_dir / "plots" / "neighbours.png")
 
 
@@ -166,7 +169,8 @@ def render(metrics: dict, history: list[dict], run_dir: Path, notes: list[str]) 
              f"{html.escape(cfg.get('model', {}).get('arch', ''))} · {m.get('epochs', len(history))} epochs · "
              f"{html.escape(str(m.get('data', '')))} · pretraining {m.get('pretrain_time_s', '?')} s + "
              f"evaluation {m.get('eval_time_s', '?')} s on {html.escape(str(m.get('hardware', '?')))}</p>"]
-    parts += [f'<p class="note">{html.escape(n)}</p>' for n in notes]
+    held_out = m.get("evaluation_split", {}).get("note")  # a folder without a test split: a hold-out
+    parts += [f'<p class="note">{html.escape(n)}</p>' for n in [*notes, *([held_out] if held_out else [])]]
     parts.append('<h2 id="summary">Summary</h2><div class="cards">' + "".join(
         f'<div class="card"><div class="v">{html.escape(v)}</div><div class="k">{html.escape(k)}</div></div>'
         for k, v in cards) + "</div>")
@@ -196,7 +200,9 @@ def render(metrics: dict, history: list[dict], run_dir: Path, notes: list[str]) 
                  + _table(list(flatten(m.get("protocol", {})).items()), ["check", "result"]))
     parts.append('<h2 id="data">Data</h2>' + _table([
         ("data copy", m.get("data")), ("source", m.get("data_source")), ("checksum", m.get("data_checksum")),
-        ("train images (pretraining and probe)", m.get("num_train")), ("test images", m.get("num_test")),
+        ("train images (pretraining and probe)", m.get("num_train")),
+        ("test images" if m.get("evaluation_split", {}).get("kind") != "held-out" else
+         "held-out images (seen unlabelled by pretraining; never by the probe or kNN)", m.get("num_test")),
         ("classes", ", ".join(m.get("classes", [])))]))
     times = [("pretraining wall time (s)", m.get("pretrain_time_s")), ("evaluation wall time (s)", m.get("eval_time_s")),
              ("feature extraction (s)", m.get("eval_features_s")), ("linear probe (s)", m.get("eval_linear_s")),
