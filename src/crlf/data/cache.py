@@ -19,15 +19,20 @@ an accidental in-place write stays private to the process instead of reaching th
 from __future__ import annotations
 
 import json
+import shutil
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from crlf.errors import UsageError
 from crlf.io import atomic_open, atomic_save_with
 
 HEADER_BYTES = 128  # a fixed-size .npy header (a multiple of 64: the rows stay aligned), rewritten at the end
+# Room left on the disk beyond the cache itself: a full disk breaks more than this run.
+DISK_HEADROOM_BYTES = 256 * 2**20
 SPLIT_ORDER = ("train", "unlabeled", "test")
 
 
@@ -68,6 +73,22 @@ class ImageSink:
             except OSError:
                 self._ctx = self._handle = None
 
+    def reserve(self, count: int, progress: bool = True) -> None:
+        """Before decoding ``count`` images: say how much disk the cache takes and where, and refuse (a usage
+        error, exit 2, before any image is decoded) when the disk cannot hold it."""
+        if self._handle is None:  # an in-memory decode: nothing on disk
+            return
+        need = HEADER_BYTES + count * 3 * self.side * self.side
+        where = self.path.parent
+        free = shutil.disk_usage(where).free
+        what = f"{count:,} images at {self.side} px: {_size(need)} in {where}"
+        if free < need + DISK_HEADROOM_BYTES:
+            raise UsageError(f"not enough disk for the decode cache: {what}, which has {_size(free)} free "
+                             f"(and {_size(DISK_HEADROOM_BYTES)} should stay free). Free space there, point "
+                             f"CRLF_CACHE at a disk with room, or train at a smaller --set data.image_size.")
+        if progress:
+            print(f"decode cache: {what} ({_size(free)} free)", file=sys.stderr)
+
     def add(self, chunk: np.ndarray) -> None:
         if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[1:] != (3, self.side, self.side):
             raise ValueError(f"expected uint8 (n, 3, {self.side}, {self.side}) images, got {chunk.dtype} {chunk.shape}")
@@ -96,6 +117,10 @@ class ImageSink:
         if self._ctx is not None:  # not finished: an error (or a bad image) stopped the decode; drop the temp
             ctx, self._ctx, self._handle = self._ctx, None, None
             ctx.__exit__(exc_type or RuntimeError, exc or RuntimeError("unfinished cache"), tb)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
 
 
 def open_images(path: Path) -> np.ndarray:

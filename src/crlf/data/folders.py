@@ -142,6 +142,7 @@ def decode_folder(path: Path, image_size: int, on_bad_image: str, progress: bool
     jobs = [(split, index.get(label, -1), member, data)
             for split in ("train", "test") if split in groups
             for label in sorted(groups[split]) for member, data in groups[split][label]]
+    sink.reserve(len(jobs), progress)
     rows: dict[str, int] = {}
     labels, names, skipped = [], [], []
     done = 0

@@ -98,6 +98,7 @@ def read_stl10(folder: Path, image_size: int, sink: ImageSink, progress: bool = 
         labels = (np.full(count, -1, np.int64) if split == "unlabeled"
                   else _stl10_labels(folder / f"{split}_y.bin", count, len(classes)))
         parts.append((split, x_path, count, labels))
+    sink.reserve(sum(p[2] for p in parts), progress)
     bar = tqdm(total=sum(p[2] for p in parts), desc=f"reading {folder.name}", unit="img",
                disable=not progress, leave=False)
     splits = {}
