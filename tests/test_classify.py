@@ -55,9 +55,28 @@ def test_classify_predicts_every_image_with_top3(classified, folders, capsys):
         confidences = [float(row[i]) for i in (2, 4, 6)]
         assert confidences == sorted(confidences, reverse=True) and sum(confidences) == pytest.approx(1, abs=2e-3)
         assert sorted(row[i] for i in (1, 3, 5)) == ["brick", "grass", "sea"]
-    # Three colours the encoder tells apart: the probe from 4 labels each gets most of the pool right.
+    # A wiring check: the probe's classes reach the right files (a mix-up of class names scores ~0, chance
+    # 1/3). How much of the pool the 2-epoch toy encoder gets right depends on its rounding: measured 0.72,
+    # 0.89 and 0.97 under AVX-512, AVX2 and SSE4.1 kernels. The probe's accuracy itself is tested on
+    # constructed features below.
     right = np.mean([row[1] == row[0].split("_")[0] for row in rows])
-    assert right >= 0.8
+    assert right >= 0.5
+
+
+def test_predictions_from_a_probe_on_separable_features_are_right_with_ranked_runners_up():
+    from crlf.curate.classify import predict_rows
+    from crlf.evaluate import train_linear_probe
+
+    rng = np.random.default_rng(0)
+    centres = 4.0 * np.eye(3, 4)  # (3, 4) three well-separated classes
+    y = np.repeat([0, 1, 2], 4)  # 4 labels per class, as in the command's test
+    train = centres[y] + 0.3 * rng.normal(size=(12, 4))
+    pool_y = np.repeat([0, 1, 2], 12)
+    pool = centres[pool_y] + 0.3 * rng.normal(size=(36, 4))
+    probe = train_linear_probe(train.astype(np.float32), y, 3, seed=0)
+    rows = predict_rows(probe, pool.astype(np.float32), ["brick", "grass", "sea"], [f"{i}.png" for i in range(36)])
+    assert [r[1] for r in rows] == [["brick", "grass", "sea"][c] for c in pool_y]
+    assert all(float(r[2]) > 0.5 > float(r[4]) >= float(r[6]) for r in rows)
 
 
 def test_classify_prints_cross_validated_accuracy(tiny_run, folders, tmp_path, capsys):
