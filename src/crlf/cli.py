@@ -22,7 +22,6 @@ Exit codes: 0 done, 1 training stopped (non-finite loss, out of memory), 2 bad i
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import shlex
 import sys
@@ -30,7 +29,7 @@ import warnings
 from pathlib import Path
 
 from crlf.curate.arguments import add_classify, add_curate
-from crlf.errors import Interrupted, TrainingStopped, UsageError
+from crlf.errors import Interrupted, TrainingStopped, UsageError, did_you_mean
 
 # flag -> (config section, key)
 TRAIN_FLAGS = {
@@ -65,8 +64,7 @@ class Parser(argparse.ArgumentParser):
             parser = getattr(parsed, "_parser", self)
             options = [o for action in parser._actions for o in action.option_strings]
             flag = unknown[0].split("=")[0]
-            close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
-            hint = f" Did you mean '{close[0]}'?" if close else f" See: crlf {getattr(parsed, 'command', '')} --help"
+            hint = did_you_mean(flag, options, f" See: crlf {getattr(parsed, 'command', '')} --help")
             raise UsageError(f"unrecognised argument '{unknown[0]}'.{hint}")
         return parsed
 
