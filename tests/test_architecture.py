@@ -72,3 +72,12 @@ def test_help_does_not_import_torch_and_a_config_imports_only_the_files_of_its_m
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["crlf.methods.base", "crlf.methods.byol", "crlf.methods.settings",
                                   "crlf.methods.simclr"]
+
+
+def test_every_command_the_parser_knows_has_one_handler_in_the_table():
+    import argparse
+
+    from crlf.cli import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(sub.choices) == sorted(COMMANDS)

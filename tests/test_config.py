@@ -1,10 +1,20 @@
 import dataclasses
+import re
 
 import pytest
 
 from crlf.cli import main
-from crlf.config import Config, apply_overrides, load_config, to_dict
-from crlf.errors import UsageError
+from crlf.config import (
+    Config,
+    DataConfig,
+    EvalConfig,
+    OptimConfig,
+    apply_overrides,
+    convert,
+    load_config,
+    to_dict,
+)
+from crlf.errors import UsageError, did_you_mean
 
 from conftest import SEED_CONFIG
 
@@ -151,3 +161,33 @@ def test_temperature_flag_sets_the_temperature_of_methods_that_have_one():
     for name in ("simclr", "mocov3", "swav", "dino"):
         args = build_parser().parse_args(["pretrain", "--set", f"method.name={name}", "--temperature", "0.3"])
         assert load_config(None, train_overrides(args)).method.temperature == 0.3
+
+
+@pytest.mark.parametrize("annotation, value, expected", [
+    (int | None, None, None), (int | None, 3.0, 3), (float | None, "1e-5", 1e-5), (bool | None, None, None),
+    (tuple[float, float], [1, 2], (1.0, 2.0)), (str, 7, "7"),
+])
+def test_values_are_converted_by_their_annotation(annotation, value, expected):
+    assert convert(value, annotation, "section.key") == expected
+
+
+@pytest.mark.parametrize("annotation, value, message", [
+    (int, None, "'section.key' must be an integer, got None"),
+    (bool | None, 1, "'section.key' must be true or false or null, got 1"),
+    (tuple[float, float, float], [1, 2], "'section.key' must be a list of 3 numbers"),
+])
+def test_a_value_its_annotation_rejects_is_a_usage_error_naming_the_key(annotation, value, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        convert(value, annotation, "section.key")
+
+
+def test_every_section_checks_its_own_keys():
+    for section in (DataConfig(limit=1), OptimConfig(lr=0), EvalConfig(knn_k=0)):
+        with pytest.raises(UsageError, match=type(section).__name__.removesuffix("Config").lower() + r"\."):
+            section.validate()
+
+
+def test_one_did_you_mean_for_every_message():
+    assert did_you_mean("trian", ["train", "eval"]) == " Did you mean 'train'?"
+    assert did_you_mean("zzz", ["train"], " Known keys: train.") == " Known keys: train."
+    assert did_you_mean("resnet10", ["resnet10t"], prefix="timm:") == " Did you mean 'timm:resnet10t'?"

@@ -87,7 +87,7 @@ def test_the_encoder_sees_the_context_the_target_sees_all_and_follows_by_ema():
     assert target_seen == [(8, 1 + 64, 192)]  # every patch of both views
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and float(logs["embedding_std"]) > 0
     loss.backward()
-    assert method.mask_token.grad is not None and method.backbone.model.patch_embed.proj.weight.grad is not None
+    assert method.predictor.mask_token.grad is not None and method.backbone.model.patch_embed.proj.weight.grad is not None
     assert all(p.grad is None for p in method.target_backbone.parameters())  # no gradient into the target
     groups = method.param_groups(0.0, False)
     optimised = {id(p) for g in groups for p in g["params"]}

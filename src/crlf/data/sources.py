@@ -22,7 +22,6 @@ in well under a second, and data larger than memory are never loaded whole.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from crlf.data.formats import (
     read_cifar_pickles,
     read_stl10,
 )
-from crlf.errors import UsageError
+from crlf.errors import UsageError, did_you_mean
 
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "Split", "balanced_subset", "load_dataset", "pretraining_split"]
 
@@ -107,8 +106,7 @@ def load_dataset(source: str, image_size: int = 32, on_bad_image: str = "error",
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            close = difflib.get_close_matches(source.lower(), list(NAMED), n=1) if "/" not in source else []
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(source.lower(), NAMED) if "/" not in source else ""  # a path: no name to guess
             raise UsageError(
                 f"data source '{source}' does not exist.{hint} Pass cifar10, cifar100, stl10, tinyimagenet, an image "
                 f"folder (ROOT/train/<class>/*.jpg) or a .tar/.tar.gz/.zip archive of one, or an extracted "

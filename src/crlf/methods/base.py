@@ -110,31 +110,6 @@ def is_norm_or_bias(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 
-VIT_PARTS = ("patch_embed", "_pos_embed", "norm_pre", "blocks", "norm", "num_prefix_tokens", "embed_dim")
-
-
-def vision_transformer(backbone: nn.Module, method: str) -> nn.Module:
-    """The timm ``VisionTransformer`` inside ``backbone``, for the methods that work on patch tokens (MAE, I-JEPA);
-    any other backbone is a usage error that names the ones they accept."""
-    from crlf.errors import UsageError
-
-    model = getattr(backbone, "model", None)
-    if model is None or not all(hasattr(model, part) for part in VIT_PARTS):
-        arch = getattr(backbone, "arch", type(backbone).__name__)
-        raise UsageError(f"{method} works on the patches of a Vision Transformer; model.arch={arch} is not one. Use "
-                         f"model.arch=vit_tiny, vit_small or timm:<a ViT> (e.g. timm:vit_tiny_patch16_224), as "
-                         f"configs/methods/{method}.yaml does.")
-    return model
-
-
-def patch_tokens(vit: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """A timm ViT's patch tokens with their position code, prefix (class) tokens first: ``(B, P + N, C)``, and
-    the patch grid ``(h, w)`` (views of any size: timm's dynamic image size gives ``(B, h, w, C)`` tokens)."""
-    tokens = vit.patch_embed(images)  # (B, h, w, C) with dynamic image sizes, else (B, N, C)
-    h, w = tokens.shape[1:3] if tokens.dim() == 4 else vit.patch_embed.grid_size
-    return vit._pos_embed(tokens), (int(h), int(w))
-
-
 class Method(nn.Module):
     """Base class of every method. Subclasses set ``name``, build their heads in ``__init__`` and implement
     ``forward``; the hooks default to doing nothing.
@@ -148,7 +123,7 @@ class Method(nn.Module):
     paper: str | None = None  # the paper's address, for the model card
     card_settings: ClassVar[tuple[str, ...]] = ()  # the settings the model card's method row shows
     divergence_advice = "Lower --lr"  # what the loop says when the loss or the weights stop being finite
-    needs_vit = False  # True: works on patch tokens, so only a ViT backbone will do (vision_transformer)
+    needs_vit = False  # True: works on patch tokens, so only a ViT backbone will do (vit_tokens.vision_transformer)
     sync_batchnorm = True  # several processes: BatchNorm over the global batch (the recipes' SyncBN) unless the config says
     ddp_find_unused_parameters = False  # True where a trainable parameter can sit a step out (frozen prototypes)
 
@@ -216,17 +191,18 @@ def predictor_from(cfg: Config) -> nn.Sequential:
 
 
 class MomentumMethod(Method):
-    """A method with a momentum target: ``target_backbone`` and ``target_projector`` are EMA copies of the
-    online ones (no gradients, so ``param_groups`` leaves them out), run in train mode on the global views.
+    """A method with a momentum target: ``target_backbone`` (and ``target_projector``, when the method has a
+    ``projector``) are EMA copies of the online ones (no gradients, so ``param_groups`` leaves them out), run in
+    train mode on the global views. I-JEPA's target is a backbone alone.
 
     The momentum follows BYOL's cosine schedule from ``method.momentum`` to ``method.momentum_final``; it is
     a function of the step clock only, so nothing but the target weights needs saving to resume."""
 
-    def __init__(self, backbone: Backbone, cfg: Config, num_images: int, projector: nn.Module):
+    def __init__(self, backbone: Backbone, cfg: Config, num_images: int, projector: nn.Module | None = None):
         super().__init__(backbone, cfg, num_images)
         self.projector = projector
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.target_projector = copy.deepcopy(projector).requires_grad_(False)
+        self.target_projector = None if projector is None else copy.deepcopy(projector).requires_grad_(False)
         self.momentum_range = (cfg.method.momentum, cfg.method.momentum_final)
         self.momentum = cfg.method.momentum  # the current value, for the logs
 
@@ -239,7 +215,8 @@ class MomentumMethod(Method):
     def on_step_end(self, clock: StepClock) -> None:
         m = self.momentum_at(clock)
         ema_(self.target_backbone, self.backbone, m)
-        ema_(self.target_projector, self.projector, m)
+        if self.projector is not None:
+            ema_(self.target_projector, self.projector, m)
 
     @torch.no_grad()
     def target_embeddings(self, views: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -9,38 +9,34 @@ with an aspect ratio in ``target_aspect``, and one context block covering ``cont
 every target patch so the task is not trivial. As in the paper's collator, a block's shape is drawn once per
 batch (its position per image) and every image keeps as many context patches as the poorest one.
 
-ViT backbones only (``vit_tiny``, ``vit_small``, ``timm:<a ViT>``). Masks come from torch's global generator,
-which the checkpoint holds (a resumed run draws the same ones); with several processes every rank draws the
-global batch's masks and keeps its own rows.
+ViT backbones only (``vit_tiny``, ``vit_small``, ``timm:<a ViT>``). The encoder call, the predictor and the position
+code are shared with MAE (:mod:`crlf.methods.vit_tokens`, which also says how masks are drawn with several
+processes and on resume); the EMA target is :class:`crlf.methods.base.MomentumMethod`'s, without a projector.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from crlf.config import Config
-from crlf.distributed import shard, world_size
-from crlf.methods.base import (
-    Method,
-    cosine_schedule,
-    ema_,
-    embedding_spread,
+from crlf.distributed import world_size
+from crlf.methods.base import MomentumMethod, embedding_spread
+from crlf.methods.settings import MomentumSettings, check
+from crlf.methods.vit_tokens import (
+    MaskTokenTransformer,
+    encode_tokens,
     patch_tokens,
+    this_ranks_rows,
     vision_transformer,
 )
-from crlf.methods.mae import sincos_2d
-from crlf.methods.settings import MomentumSettings, check
 
 if TYPE_CHECKING:
-    from crlf.methods.base import StepClock
     from crlf.models.backbones import Backbone
 
 
@@ -126,11 +122,11 @@ class PatchRegressionLoss(nn.Module):
             return torch.stack([F.mse_loss(p.float(), t.float()) for p, t in zip(preds, targets)]).mean()
 
 
-class IJEPA(Method):
-    """Context encoder (the ViT, on the context patches) -> ``Linear`` to the predictor's width + a fixed
-    sine-cosine position code; per target block, a shared mask token at each target position -> ``predictor_depth``
-    Transformer blocks -> ``Linear`` back to the encoder's width at the target positions; targets: the EMA
-    encoder on all patches, layer-normed -> :class:`PatchRegressionLoss`."""
+class IJEPA(MomentumMethod):
+    """Context encoder (the ViT, on the context patches) -> the predictor (:class:`MaskTokenTransformer`): ``Linear``
+    to its width + a fixed sine-cosine position code; per target block, a shared mask token at each target
+    position -> ``predictor_depth`` Transformer blocks -> ``Linear`` back to the encoder's width at the target
+    positions; targets: the EMA encoder on all patches, layer-normed -> :class:`PatchRegressionLoss`."""
 
     name = "ijepa"
     settings_type = IJEPASettings
@@ -140,21 +136,13 @@ class IJEPA(Method):
     needs_vit = True
 
     def __init__(self, backbone: Backbone, cfg: Config, num_images: int):
-        super().__init__(backbone, cfg, num_images)
         vit = vision_transformer(backbone, self.name)
+        super().__init__(backbone, cfg, num_images)  # the target: an EMA copy of the backbone, no projector
         c = cfg.method
         self.settings = c
         self.embedding_dim = vit.embed_dim
-        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)  # EMA: no gradient, not optimised
-        self.momentum_range = (c.momentum, c.momentum_final)
-        self.momentum = c.momentum
-        self.predictor_embed = nn.Linear(vit.embed_dim, c.predictor_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.predictor_dim))
-        nn.init.normal_(self.mask_token, std=0.02)
-        self.predictor_blocks = nn.Sequential(*[Block(c.predictor_dim, c.predictor_heads, qkv_bias=True)
-                                                for _ in range(c.predictor_depth)])
-        self.predictor_norm = nn.LayerNorm(c.predictor_dim)
-        self.predictor_proj = nn.Linear(c.predictor_dim, vit.embed_dim)
+        self.predictor = MaskTokenTransformer(vit.embed_dim, c.predictor_dim, c.predictor_depth, c.predictor_heads,
+                                              vit.embed_dim)
         self.loss_fn = PatchRegressionLoss()
 
     @torch.no_grad()
@@ -162,33 +150,26 @@ class IJEPA(Method):
         """The EMA encoder on every patch, layer-normed per patch: ``(B, N, C)``."""
         vit = self.target_backbone.model
         tokens, _ = patch_tokens(vit, images)
-        out = vit.norm(vit.blocks(vit.norm_pre(tokens)))[:, vit.num_prefix_tokens:]  # (B, N, C)
+        out = encode_tokens(vit, tokens)[:, vit.num_prefix_tokens:]  # (B, N, C)
         return F.layer_norm(out.float(), (out.shape[-1],))
 
     def predict(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
                 grid: tuple[int, int]) -> torch.Tensor:
         """Predicted representations ``(B, T, C)`` of the patches ``target_idx`` ``(B, T)`` from the encoded context
         patches ``context`` ``(B, K, C)`` at ``context_idx`` ``(B, K)``."""
-        pos = sincos_2d(*grid, self.mask_token.shape[-1], context.device).to(context.dtype)  # (N, Dp)
-        x = self.predictor_embed(context) + pos[context_idx]  # (B, K, Dp)
-        queries = self.mask_token.to(x.dtype) + pos[target_idx]  # (B, T, Dp)
-        out = self.predictor_norm(self.predictor_blocks(torch.cat([x, queries], dim=1)))  # (B, K + T, Dp)
-        return self.predictor_proj(out[:, x.shape[1]:])  # (B, T, C)
+        pos = self.predictor.position_code(grid, context)  # (N, Dp)
+        x = self.predictor.embed(context) + pos[context_idx]  # (B, K, Dp)
+        queries = self.predictor.mask_token.to(x.dtype) + pos[target_idx]  # (B, T, Dp)
+        return self.predictor(torch.cat([x, queries], dim=1), predict_from=x.shape[1])  # (B, T, C)
 
     def forward(self, views):
         images = torch.cat(views[:self.num_global])  # (GB, 3, S, S): every global view is an image
         vit = self.backbone.model
         tokens, grid = patch_tokens(vit, images)  # (GB, P + N, C)
-        p = vit.num_prefix_tokens
-        # The global batch's masks on every rank, this rank's rows kept: the same masks as one process.
         groups, n = self.num_global, len(views[0])
-        context_idx, target_idx = sample_masks(groups * n * world_size(), *grid, self.settings)
-        per_view = [torch.cat([shard(part) for part in idx.chunk(groups)]) for idx in (context_idx, *target_idx)]
-        context_idx, target_idx = per_view[0].to(images.device), [t.to(images.device) for t in per_view[1:]]
-        patches = tokens[:, p:]  # (GB, N, C)
-        kept = patches.gather(1, context_idx[:, :, None].expand(-1, -1, patches.shape[-1]))  # (GB, K, C)
-        encoded = vit.norm(vit.blocks(vit.norm_pre(torch.cat([tokens[:, :p], kept], dim=1))))  # (GB, P + K, C)
-        context = encoded[:, p:]
+        context_idx, targets = sample_masks(groups * n * world_size(), *grid, self.settings)  # the global batch's
+        context_idx, *target_idx = (this_ranks_rows(idx, groups).to(images.device) for idx in (context_idx, *targets))
+        context = encode_tokens(vit, tokens, context_idx)[:, vit.num_prefix_tokens:]  # (GB, K, C)
         target = self.targets(images)  # (GB, N, C)
         preds, wanted = [], []
         for idx in target_idx:  # (GB, T_m) each
@@ -197,11 +178,4 @@ class IJEPA(Method):
         loss = self.loss_fn(preds, wanted)
         features = context[:n].mean(1)  # (B, C) view 0's mean context representation
         self.last_features = features.detach()  # the online probe's
-        return loss, {"embedding_std": embedding_spread(features),
-                      "momentum": loss.new_tensor(self.momentum, dtype=torch.float32)}
-
-    def on_step_start(self, clock: StepClock) -> None:
-        self.momentum = cosine_schedule(*self.momentum_range, clock.progress)
-
-    def on_step_end(self, clock: StepClock) -> None:
-        ema_(self.target_backbone, self.backbone, cosine_schedule(*self.momentum_range, clock.progress))
+        return loss, {"embedding_std": embedding_spread(features), "momentum": self.momentum_log(loss)}

@@ -6,8 +6,8 @@ each patch's pixels normalised by its own mean and variance (the paper's ``norm_
 
 ViT backbones only (``vit_tiny``, ``vit_small``, ``timm:<a ViT>``): the method works on patch tokens. Every
 global view is an image to reconstruct (the loop's two views: twice the images per step); local views are not
-used. Its masks come from torch's global generator, which the checkpoint holds, so a resumed run draws the same
-masks; with several processes every rank draws the global batch's masks and keeps its own rows.
+used. The encoder call, the decoder and the position code are shared with I-JEPA (:mod:`crlf.methods.vit_tokens`,
+which also says how masks are drawn with several processes and on resume).
 """
 
 from __future__ import annotations
@@ -16,13 +16,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from crlf.config import Config
-from crlf.distributed import shard, world_size
-from crlf.methods.base import Method, embedding_spread, patch_tokens, vision_transformer
+from crlf.distributed import world_size
+from crlf.methods.base import Method, embedding_spread
 from crlf.methods.settings import MethodSettings, check
+from crlf.methods.vit_tokens import (
+    MaskTokenTransformer,
+    encode_tokens,
+    patch_tokens,
+    this_ranks_rows,
+    vision_transformer,
+)
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone
@@ -58,18 +64,6 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
-def sincos_2d(h: int, w: int, dim: int, device=None) -> torch.Tensor:
-    """MAE's fixed 2-d sine-cosine position code of an ``h x w`` grid: ``(h*w, dim)``, half the channels for the
-    row, half for the column (computed per grid: views of any size)."""
-    def one_axis(positions: torch.Tensor, d: int) -> torch.Tensor:  # (n,) -> (n, d)
-        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64, device=device) / (d // 2))
-        angles = positions.double()[:, None] * omega[None]  # (n, d/2)
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    return torch.cat([one_axis(rows.flatten(), dim // 2), one_axis(cols.flatten(), dim // 2)], dim=1).float()
-
-
 class MaskedPixelLoss(nn.Module):
     """Mean over the masked patches of the mean squared error per patch (eq. in section 3 of the paper):
     ``sum_{b,i} m[b,i] * mean_k (pred[b,i,k] - t[b,i,k])^2 / sum m``, where ``t`` are the target patches,
@@ -96,9 +90,9 @@ class MaskedPixelLoss(nn.Module):
 
 
 class MAE(Method):
-    """ViT encoder on the visible patches -> ``Linear`` to the decoder's width -> mask tokens at the dropped
-    positions, a fixed sine-cosine position code -> ``decoder_depth`` Transformer blocks -> ``Linear`` to ``p*p*3``
-    pixels per patch -> :class:`MaskedPixelLoss`."""
+    """ViT encoder on the visible patches -> the decoder (:class:`MaskTokenTransformer`): ``Linear`` to its width,
+    mask tokens at the dropped positions, a fixed sine-cosine position code, ``decoder_depth`` Transformer blocks,
+    ``Linear`` to ``p*p*3`` pixels per patch -> :class:`MaskedPixelLoss`."""
 
     name = "mae"
     settings_type = MAESettings
@@ -114,13 +108,8 @@ class MAE(Method):
         self.mask_ratio = c.mask_ratio
         self.patch = vit.patch_embed.patch_size[0]
         self.embedding_dim = vit.embed_dim  # the collapse watch reads the encoder's class token
-        self.decoder_embed = nn.Linear(vit.embed_dim, c.decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_dim))
-        nn.init.normal_(self.mask_token, std=0.02)  # as the paper's code
-        self.decoder_blocks = nn.Sequential(*[Block(c.decoder_dim, c.decoder_heads, qkv_bias=True)
-                                              for _ in range(c.decoder_depth)])
-        self.decoder_norm = nn.LayerNorm(c.decoder_dim)
-        self.decoder_pred = nn.Linear(c.decoder_dim, self.patch * self.patch * 3)
+        self.decoder = MaskTokenTransformer(vit.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads,
+                                            self.patch * self.patch * 3)
         self.loss_fn = MaskedPixelLoss(c.norm_pix_loss)
 
     def encode_visible(self, images: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
@@ -128,30 +117,24 @@ class MAE(Method):
         token), the patch order ``(B, N)`` (its first V entries are the visible patches) and the grid ``(h, w)``.
         ``images`` are ``groups`` views of one batch, one after the other (their masks are drawn view by view)."""
         vit = self.backbone.model
-        tokens, (h, w) = patch_tokens(vit, images)  # (B, P + N, C): position code added, class token in front
-        p = vit.num_prefix_tokens
-        prefix, patches = tokens[:, :p], tokens[:, p:]  # (B, P, C), (B, N, C)
-        b, n, c = patches.shape
+        tokens, grid = patch_tokens(vit, images)  # (B, P + N, C): position code added, class token in front
+        b, n = tokens.shape[0], tokens.shape[1] - vit.num_prefix_tokens
         visible = max(1, round(n * (1 - self.mask_ratio)))
-        # The global batch's noise on every rank, this rank's rows kept: the same masks as one process.
-        noise = torch.cat([shard(torch.rand(b // groups * world_size(), n, device=images.device))
-                           for _ in range(groups)])  # (B, N)
+        noise = this_ranks_rows(torch.cat([torch.rand(b // groups * world_size(), n, device=images.device)
+                                           for _ in range(groups)]), groups)  # (B, N)
         order = noise.argsort(dim=1)  # (B, N) a random permutation per image
-        kept = patches.gather(1, order[:, :visible, None].expand(-1, -1, c))  # (B, V, C)
-        x = vit.norm_pre(torch.cat([prefix, kept], dim=1))  # (B, P + V, C)
-        return vit.norm(vit.blocks(x)), order, (int(h), int(w))
+        return encode_tokens(vit, tokens, order[:, :visible]), order, grid  # (B, P + V, C)
 
     def decode(self, encoded: torch.Tensor, order: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Predicted pixels of every patch, ``(B, N, p*p*3)``, from the encoded visible tokens ``(B, P + V, C)``."""
         p = self.backbone.model.num_prefix_tokens
-        x = self.decoder_embed(encoded)  # (B, P + V, Cd)
+        x = self.decoder.embed(encoded)  # (B, P + V, Cd)
         b, n, d = x.shape[0], order.shape[1], x.shape[2]
         visible = x.shape[1] - p
-        full = self.mask_token.expand(b, n, d).to(x.dtype)  # (B, N, Cd): a mask token everywhere ...
+        full = self.decoder.mask_tokens(b, n, x)  # (B, N, Cd): a mask token everywhere ...
         full = full.scatter(1, order[:, :visible, None].expand(-1, -1, d), x[:, p:])  # ... but the visible ones
-        full = full + sincos_2d(*grid, d, x.device).to(x.dtype)  # (B, N, Cd)
-        x = self.decoder_norm(self.decoder_blocks(torch.cat([x[:, :p], full], dim=1)))  # (B, P + N, Cd)
-        return self.decoder_pred(x[:, p:])  # (B, N, p*p*3)
+        full = full + self.decoder.position_code(grid, x)  # (B, N, Cd)
+        return self.decoder(torch.cat([x[:, :p], full], dim=1), predict_from=p)  # (B, N, p*p*3)
 
     def forward(self, views):
         images = torch.cat(views[:self.num_global])  # (GB, 3, S, S): every global view is an image to rebuild

@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from crlf.errors import UsageError
+# A settings check (a usage error, exit 2, whose message names the key and the fix): the methods import it from here.
+from crlf.errors import check
 
-
-def check(condition: bool, message: str) -> None:
-    """A settings check: a usage error (exit 2) whose message names the key and the fix."""
-    if not condition:
-        raise UsageError(message)
+__all__ = ["check", "MethodSettings", "TemperatureSettings", "MomentumSettings", "MomentumTemperatureSettings",
+           "check_temperature"]
 
 
 @dataclass(frozen=True)
