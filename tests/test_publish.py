@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 
 from crlf.cli import main
 from crlf.config import Config, apply_overrides, save_config
-from crlf.export import export_encoder
-from crlf.model_card import evaluation_gap, write_model_card
 from crlf.models.backbones import build_backbone, load_encoder
+from crlf.publish.export import export_encoder
+from crlf.publish.model_card import evaluation_gap, write_model_card
 
 from conftest import REPO
 

@@ -27,7 +27,6 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from crlf.config import Config
-from crlf.distributed import shard, world_size
 from crlf.methods.base import (
     Method,
     cosine_schedule,
@@ -38,6 +37,7 @@ from crlf.methods.base import (
 )
 from crlf.methods.mae import sincos_2d
 from crlf.methods.settings import MomentumSettings, check
+from crlf.training.distributed import shard, world_size
 
 if TYPE_CHECKING:
     from crlf.methods.base import StepClock

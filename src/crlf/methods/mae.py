@@ -20,9 +20,9 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from crlf.config import Config
-from crlf.distributed import shard, world_size
 from crlf.methods.base import Method, embedding_spread, patch_tokens, vision_transformer
 from crlf.methods.settings import MethodSettings, check
+from crlf.training.distributed import shard, world_size
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

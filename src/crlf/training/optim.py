@@ -58,7 +58,7 @@ def learning_rate(cfg: Config, global_step: int, steps_per_epoch: int) -> float:
 
 
 def learning_rate_at_progress(cfg: Config, progress: float, progress_after: float, total_epochs: float) -> float:
-    """The same schedule over a budget plan's progress (``crlf.budget``) rather than steps: warm-up for the
+    """The same schedule over a budget plan's progress (``crlf.training.budget_planner``) rather than steps: warm-up for the
     first ``warmup_epochs / total_epochs`` of it (reaching ``progress_after``, where the step ends, as the
     step-based warm-up reaches step + 1), then constant or cosine decay to zero at progress 1."""
     warmup = min(1.0, cfg.optim.warmup_epochs / total_epochs) if total_epochs > 0 else 0.0

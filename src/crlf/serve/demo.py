@@ -122,7 +122,7 @@ class DemoBackend:
     """Everything the page's events call; plain Python, so it is testable without a server."""
 
     def __init__(self, run, workdir: Path):
-        from crlf.export import load_array
+        from crlf.publish.export import load_array
 
         self.run, self.workdir = run, workdir
         self._lock = threading.Lock()
@@ -161,7 +161,7 @@ class DemoBackend:
     def _load(self, payload) -> tuple[np.ndarray | None, np.ndarray | str | None]:
         """Gradio's file payload -> (image (3,S,S), features (D,)), or (None, message), or (None, None)."""
         from crlf.data.decode import BadImage
-        from crlf.search import read_upload
+        from crlf.serve.search import read_upload
 
         path = payload.get("path") if isinstance(payload, dict) else payload
         if not path:
@@ -202,7 +202,7 @@ class DemoBackend:
 
     def details(self, payload):
         """Neighbours gallery, map and a status line for the page."""
-        from crlf.search import to_pil
+        from crlf.serve.search import to_pil
 
         image, features = self._load(payload)
         if image is None:
@@ -220,7 +220,7 @@ class DemoBackend:
         return gallery, self.render_map(point, top_label), status
 
     def typical(self, class_name: str):
-        from crlf.search import to_pil
+        from crlf.serve.search import to_pil
 
         if not class_name:
             return [], []
@@ -363,7 +363,7 @@ def start(run_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, data: 
     """Load the run and start serving in a background thread; returns once the page answers."""
     t0 = time.perf_counter()
     require_gradio()
-    from crlf.search import MAX_UPLOAD_BYTES, RunSearch
+    from crlf.serve.search import MAX_UPLOAD_BYTES, RunSearch
 
     if not _name_uploads_ourselves():
         print("crlf: warning: this Gradio version keeps uploads under their own (sanitised) file names, "
