@@ -142,7 +142,7 @@ def test_demo_refuses_a_probe_of_another_width(tiny_run, tmp_path, capsys):
 
 def test_demo_with_a_probe_serves_a_run_that_was_never_evaluated(tiny_run, classified, folders, tmp_path):
     """The usual case for a probe: pretrained on unlabeled images, so no evaluation, no neighbour bank."""
-    from crlf.serve.demo import DemoBackend
+    from crlf.serve.backend import DemoBackend
     from crlf.serve.search import RunSearch
 
     run_dir = tmp_path / "pretrained-only"

@@ -71,7 +71,7 @@ def test_only_non_loopback_hosts_warn(host, warns):
 def test_pca_map_axes_match_scikit_learn():
     from sklearn.decomposition import PCA
 
-    from crlf.serve.demo import Pca2
+    from crlf.serve.backend import Pca2
 
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(3000, 16)) * np.linspace(4, 0.5, 16)).astype(np.float32)  # clear top-2 axes

@@ -320,7 +320,8 @@ def test_every_write_in_the_source_goes_through_crlf_io():
     import ast
 
     src = REPO / "src" / "crlf"
-    writers = ["train.py", "checkpoint.py", "export.py", "pipeline.py", "evaluate.py", "plots.py", "config.py",
+    writers = ["training/pretrain.py", "training/loop.py", "training/progress.py", "training/schedule.py",
+               "training/checkpoint.py", "publish/export.py", "pipeline.py", "evaluate.py", "plots.py", "config.py",
                "data/sources.py"]
     problems = []
     for path in (src / name for name in writers):

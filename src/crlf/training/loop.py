@@ -198,7 +198,7 @@ class Trainer:
         return loss_value
 
     def finish_epoch(self, steps: int) -> dict[str, Any]:
-        """The epoch's record (metrics.jsonl); ``steps``: how many it ran (fewer for a budget's cut last epoch)."""
+        """The epoch's record (metrics.jsonl); ``steps``: how many it ran (fewer when the schedule cuts the last epoch short)."""
         state, cfg, clock = self.state, self.cfg, self.hooks.clock
         logs = {k: v / steps for k, v in state.epoch_log_sums.items() if k not in PROBE_SUMS}
         spread = logs.pop("embedding_std", float("nan"))
