@@ -33,7 +33,7 @@ from crlf.config import apply_overrides, load_config
 from crlf.methods import METHOD_NAMES, method_class
 from crlf.methods.base import StepClock
 from crlf.models.timm_encoder import vit_encoder
-from crlf.training import distributed
+from crlf.training import data_parallel, distributed
 from crlf.training.checkpoint import LATEST, load_checkpoint_file
 from crlf.training.optim import build_optimizer
 from crlf.training.step import train_step
@@ -104,7 +104,7 @@ def run_steps(name: str) -> dict:
     backbone = vit_encoder("vit_tiny", 16, 4) if cls.needs_vit else TinyBackbone()
     method = cls(backbone, cfg, 64)
     optimizer = build_optimizer(cfg, method.param_groups(cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm))
-    model = distributed.wrap(method, cfg.train.sync_batchnorm, torch.device("cpu"))
+    model = data_parallel.wrap(method, cfg.train.sync_batchnorm, torch.device("cpu"))
     model.train()
     losses, grads = [], []
     for step, clock in enumerate(CLOCKS):

@@ -31,7 +31,7 @@ from crlf.data.augment import build_augment, view_specs
 from crlf.data.mapped import MappedImages
 from crlf.errors import TrainingStopped
 from crlf.methods.base import Method
-from crlf.training import distributed
+from crlf.training import data_parallel, distributed
 from crlf.training.checkpoint import rng_state, save_checkpoint
 from crlf.training.hooks import NO_HOOKS, TrainingHooks
 from crlf.training.monitors.collapse import warn_if_collapsed
@@ -93,7 +93,7 @@ class Trainer:
         self.run_dir, self.saved_cfg, self.progress = output.run_dir, output.saved_cfg, output.show_progress
         device = self.images.device
         self.label_tensor = torch.as_tensor(self.labels, dtype=torch.long, device=device)  # (N,) -1: none
-        self.model = distributed.wrap(self.method, cfg.train.sync_batchnorm, device)  # DDP with several processes
+        self.model = data_parallel.wrap(self.method, cfg.train.sync_batchnorm, device)  # DDP with several processes
         self.augment = build_augment(cfg.augment, cfg.data.image_size)
         self.batch = cfg.train.batch_size
         self.autocast_dtype = autocast_dtype(cfg.train.precision, device)
