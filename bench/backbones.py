@@ -6,7 +6,7 @@ For each ``model.arch`` (configs/fast-cpu.yaml with ``--set model.arch=ARCH``: S
 channels-last; progressive resizing off so every view is 32 px), in its own process:
 
 - **real**: the step the loop runs: batched augmentation of random uint8 images into two 32-px views, then
-  ``crlf.step.train_step`` (backbone on both views in one call, head, NT-Xent, backward, optimiser step);
+  ``crlf.training.step.train_step`` (backbone on both views in one call, head, NT-Xent, backward, optimiser step);
 - **step**: ``train_step`` alone, on random float views (no augmentation);
 - **bound**: the bare backbone, forward + backward of ``(x ** 2).mean()`` on ``2 x batch`` random images in the
   same memory layout: no head, no loss, no optimiser; what the step cannot beat.
@@ -41,8 +41,7 @@ def child(arch: str, batch: int, steps: int, warmup: int, threads: int, rounds: 
     from crlf.data.augment import build_augment, view_specs
     from crlf.methods.base import StepClock
     from crlf.runtime import flush_denormals
-    from crlf.step import train_step
-    from crlf.train import build_training_modules
+    from crlf.training.step import build_training_modules, train_step
 
     flush_denormals()  # as crlf does
     if threads:

@@ -10,7 +10,7 @@ epochs but the last three (32 px), as ``configs/fast-cpu.yaml`` does on the full
 trained on the subset and scored on the full test split (``bench/ablate.py``'s quick evaluation).
 
 Equal time, not equal epochs: ``calibrate`` times each variant's real step (its augmentation with its crops,
-then ``crlf.step.train_step``) at 16 and 32 px on this machine, alone, with 2 threads; a method's cost is the
+then ``crlf.training.step.train_step``) at 16 and 32 px on this machine, alone, with 2 threads; a method's cost is the
 median over its optimiser variants (the optimiser is a few per cent of a step; single timings vary by ~15 %).
 The budget is what ``simclr`` (the fast-cpu recipe) spends on 7 + 3 epochs; every variant gets the most
 epochs whose calibrated cost fits that budget, in the same shape (30 % of the epochs, at least one, at 32 px,
@@ -146,8 +146,7 @@ def time_steps(variant: str, data: str, steps: int) -> dict:
     from crlf.data.sources import balanced_subset, load_dataset
     from crlf.methods.base import StepClock
     from crlf.runtime import flush_denormals
-    from crlf.step import train_step
-    from crlf.train import build_training_modules
+    from crlf.training.step import build_training_modules, train_step
 
     flush_denormals()
     cfg = variant_config(variant)
@@ -176,7 +175,7 @@ def time_bound(variant: str, steps: int) -> dict:
     from crlf.data.augment import view_specs
     from crlf.methods.base import forward_backbone
     from crlf.runtime import flush_denormals
-    from crlf.train import build_training_modules
+    from crlf.training.step import build_training_modules
 
     flush_denormals()
     cfg = variant_config(variant)

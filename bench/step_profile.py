@@ -2,7 +2,7 @@
 
     python bench/step_profile.py [--config configs/fast-cpu.yaml] [--sizes 16 32] [--steps 6] [--top 8]
 
-Runs the loop's own step (the config's augmentation, then crlf.step.train_step: the method's forward and
+Runs the loop's own step (the config's augmentation, then crlf.training.step.train_step: the method's forward and
 loss, backward, optimiser) on real CIFAR-10 images, times each phase over --steps steps after one warm-up step, per view
 size, and prints milliseconds per phase and its share; with --top N also torch.profiler's N most expensive
 operators. Run it alone on the machine.
@@ -26,8 +26,7 @@ def profile(config: str, data: str, size: int, steps: int, top: int) -> None:
     from crlf.data.sources import load_dataset
     from crlf.methods.base import StepClock
     from crlf.runtime import flush_denormals
-    from crlf.step import train_step
-    from crlf.train import build_training_modules
+    from crlf.training.step import build_training_modules, train_step
 
     flush_denormals()  # as crlf does
     cfg = load_config(config)

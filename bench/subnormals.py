@@ -4,7 +4,7 @@
 
 Counts the backbone weights below float32's smallest normal number (1.18e-38), then times forward,
 backward and optimiser step of that checkpoint (its method, heads and optimiser state, batch of its config,
-random views of --size px, crlf.step.train_step) twice, each in a fresh process: with subnormals flushed to zero (what crlf does,
+random views of --size px, crlf.training.step.train_step) twice, each in a fresh process: with subnormals flushed to zero (what crlf does,
 `crlf.runtime.flush_denormals`, set before torch's thread pool starts) and without. Run it alone.
 """
 
@@ -25,11 +25,10 @@ def child(checkpoint: str, size: int, steps: int, flush: bool) -> None:
     torch.set_flush_denormal(flush)  # first, before any parallel torch op creates the thread pool
     from pathlib import Path
 
-    from crlf.checkpoint import load_checkpoint_file
     from crlf.config import Config, apply_overrides
     from crlf.methods.base import StepClock
-    from crlf.step import train_step
-    from crlf.train import build_training_modules
+    from crlf.training.checkpoint import load_checkpoint_file
+    from crlf.training.step import build_training_modules, train_step
 
     ck = load_checkpoint_file(Path(checkpoint))
     cfg = apply_overrides(Config(), ck["config"])
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
         return 0
     from pathlib import Path
 
-    from crlf.checkpoint import load_checkpoint_file
+    from crlf.training.checkpoint import load_checkpoint_file
 
     weights = load_checkpoint_file(Path(args.checkpoint))["method"]
     floats = [w for k, w in weights.items() if k.startswith("backbone.") and w.is_floating_point()]

@@ -9,7 +9,7 @@ second epoch's images/s from metrics.jsonl (one image = one pair of views: augme
 views, the method's heads and loss, optimiser step); (b) Lightly SSL's SimCLR as its docs show it (bench/lightly_simclr.py,
 run in the separate environment `make bench-env` builds: SimCLRTransform per image, a DataLoader with 2
 workers, SimCLRProjectionHead, NTXentLoss) on the same torchvision ResNet-18, batch, view size, head widths
-and optimiser; (c) CRLF's own step (``crlf.step.train_step``: method + optimiser) fed random float views of the same shapes
+and optimiser; (c) CRLF's own step (``crlf.training.step.train_step``: method + optimiser) fed random float views of the same shapes
 (no augmentation, no data); (d) the plain-model bound: a plain torchvision ResNet-18 with the same head, loss
 and fused Adam on random views, the best of fp32, bf16 autocast, and each with channels_last. Prints each,
 the ratios crlf/Lightly and crlf/plain bound, and peak resident memory. The real loop runs the config's
@@ -39,8 +39,8 @@ def bound(config: str, steps: int, warmup: int) -> None:
     from crlf.data.augment import view_specs
     from crlf.methods.base import StepClock
     from crlf.runtime import flush_denormals, resolve_device
-    from crlf.step import train_step
-    from crlf.train import autocast_dtype, build_training_modules
+    from crlf.training.precision import autocast_dtype
+    from crlf.training.step import build_training_modules, train_step
 
     flush_denormals()  # as crlf does
     cfg = load_config(config)
@@ -53,7 +53,7 @@ def bound(config: str, steps: int, warmup: int) -> None:
     if cfg.train.precision == "auto":  # the probe's choice for this machine, as the real loop makes it (cached)
         from dataclasses import replace
 
-        from crlf.probe import resolve_precision
+        from crlf.training.precision import resolve_precision
 
         size = view_specs(cfg.augment, cfg.data.image_size)[0].size
         choice = resolve_precision(cfg, device, [size], need_timings=False, batch_size=cfg.train.batch_size,

@@ -22,7 +22,7 @@ import pytest
 
 # Imported once here, so that forked children (below) start with torch and torchvision loaded.
 import crlf.cli
-import crlf.train  # noqa: F401
+import crlf.training.pretrain  # noqa: F401
 
 from conftest import make_image_folder  # noqa: E402
 
@@ -163,7 +163,7 @@ def step_losses(run: Path) -> np.ndarray:
 
 
 def checkpoint_step(path: Path) -> int:
-    from crlf.checkpoint import load_checkpoint_file
+    from crlf.training.checkpoint import load_checkpoint_file
 
     return load_checkpoint_file(path)["progress"]["global_step"]
 
@@ -172,7 +172,7 @@ def assert_same_run(run: Path, reference: dict) -> None:
     """``run`` ended with exactly the reference's weights (torch.equal) and per-step losses."""
     import torch
 
-    from crlf.checkpoint import LATEST, load_checkpoint_file
+    from crlf.training.checkpoint import LATEST, load_checkpoint_file
 
     losses = step_losses(run)
     assert losses.shape == reference["losses"].shape, (losses, reference["losses"])
@@ -197,7 +197,7 @@ def probe_history(run: Path) -> list:
 
 
 def load_reference(run: Path) -> dict:
-    from crlf.checkpoint import LATEST, load_checkpoint_file
+    from crlf.training.checkpoint import LATEST, load_checkpoint_file
 
     state = load_checkpoint_file(run / LATEST)
     return {"weights": run_weights(run), "losses": step_losses(run), "method": state["method"],

@@ -18,11 +18,11 @@ from crlf import ResNetEncoder, load_encoder
 from crlf.cli import main
 from crlf.config import Config, apply_overrides, load_config
 from crlf.errors import UsageError
-from crlf.export import export_encoder
 from crlf.methods import method_class
 from crlf.methods.base import is_norm_or_bias
 from crlf.models.backbones import build_backbone
 from crlf.models.timm_encoder import TimmEncoder
+from crlf.publish.export import export_encoder
 from test_methods import small
 
 from conftest import REPO, make_image_folder
@@ -96,7 +96,7 @@ def test_vit_param_groups_put_position_embeddings_tokens_norms_and_biases_withou
     assert is_norm_or_bias("backbone.model.cls_token", torch.nn.Parameter(torch.zeros(1, 1, 4)))
     assert not is_norm_or_bias("backbone.model.head.weight", torch.nn.Parameter(torch.zeros(4, 4)))
     # AdamW takes the groups (the recipes' optimiser) and a step changes the weights
-    from crlf.optim import build_optimizer
+    from crlf.training.optim import build_optimizer
 
     cfg = apply_overrides(cfg, {"optim": {"name": "adamw", "exclude_bias_and_norm": True}})
     optimizer = build_optimizer(cfg, method.param_groups(0.05, True))

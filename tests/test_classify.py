@@ -137,7 +137,7 @@ def test_classify_bad_input_is_named_with_exit_2(tiny_run, folders, tmp_path, ca
 
 
 def test_demo_serves_the_classes_of_a_saved_probe(tiny_run, classified):
-    from crlf.search import RunSearch
+    from crlf.serve.search import RunSearch
 
     run = RunSearch(tiny_run, probe=classified / "probe.safetensors")
     image = run.train_image(0)
@@ -161,8 +161,8 @@ def test_demo_refuses_a_probe_of_another_width(tiny_run, tmp_path, capsys):
 
 def test_demo_with_a_probe_serves_a_run_that_was_never_evaluated(tiny_run, classified, folders, tmp_path):
     """The usual case for a probe: pretrained on unlabeled images, so no evaluation, no neighbour bank."""
-    from crlf.demo import DemoBackend
-    from crlf.search import RunSearch
+    from crlf.serve.backend import DemoBackend
+    from crlf.serve.search import RunSearch
 
     run_dir = tmp_path / "pretrained-only"
     shutil.copytree(tiny_run, run_dir)

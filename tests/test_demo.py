@@ -63,7 +63,7 @@ def test_demo_without_gradio_says_how_to_install(monkeypatch, capsys, tmp_path):
 @pytest.mark.parametrize("host,warns", [("127.0.0.1", False), ("localhost", False), ("::1", False),
                                         ("127.0.0.2", False), ("0.0.0.0", True), ("192.168.1.20", True)])
 def test_only_non_loopback_hosts_warn(host, warns):
-    from crlf.demo import host_warning
+    from crlf.serve.demo import host_warning
 
     assert (host_warning(host) is not None) == warns
 
@@ -71,7 +71,7 @@ def test_only_non_loopback_hosts_warn(host, warns):
 def test_pca_map_axes_match_scikit_learn():
     from sklearn.decomposition import PCA
 
-    from crlf.demo import Pca2
+    from crlf.serve.backend import Pca2
 
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(3000, 16)) * np.linspace(4, 0.5, 16)).astype(np.float32)  # clear top-2 axes
@@ -84,13 +84,13 @@ def test_pca_map_axes_match_scikit_learn():
 
 def test_serve_warns_before_binding_elsewhere(monkeypatch, capsys, tmp_path):
     pytest.importorskip("gradio")
-    import crlf.demo
+    import crlf.serve.demo
     from crlf.errors import UsageError
 
     def refuse(*args, **kwargs):
         raise UsageError("stopped here")
 
-    monkeypatch.setattr(crlf.demo, "start", refuse)
+    monkeypatch.setattr(crlf.serve.demo, "start", refuse)
     assert main(["demo", str(tmp_path), "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert "warning: --host 0.0.0.0 makes the demo reachable from other machines" in err
@@ -103,7 +103,7 @@ def test_serve_warns_before_binding_elsewhere(monkeypatch, capsys, tmp_path):
 def demo(tmp_path_factory):
     pytest.importorskip("gradio")
     pytest.importorskip("gradio_client")
-    from crlf.demo import start
+    from crlf.serve.demo import start
 
     base = tmp_path_factory.mktemp("demo_run")
     run = make_colour_run(base)
@@ -130,7 +130,7 @@ def client(demo, tmp_path_factory):
 def test_predict_returns_top5_probabilities(demo, client, tmp_path):
     from gradio_client import handle_file
 
-    from crlf.search import read_upload
+    from crlf.serve.search import read_upload
 
     query = tmp_path / "query.jpg"  # larger than 32x32 and a JPEG: resized and decoded like any photo
     with Image.open(Path(demo.backend.run.cfg.data.source) / "test" / "sea" / "00.png") as img:

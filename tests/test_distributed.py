@@ -29,14 +29,14 @@ import pytest
 import torch
 from torch import nn
 
-from crlf import distributed
-from crlf.checkpoint import LATEST, load_checkpoint_file
 from crlf.config import apply_overrides, load_config
 from crlf.methods import METHOD_NAMES, method_class
 from crlf.methods.base import StepClock
 from crlf.models.timm_encoder import vit_encoder
-from crlf.optim import build_optimizer
-from crlf.step import train_step
+from crlf.training import data_parallel, distributed
+from crlf.training.checkpoint import LATEST, load_checkpoint_file
+from crlf.training.optim import build_optimizer
+from crlf.training.step import train_step
 from test_methods import EVERY_3, SMALL
 
 from conftest import REPO
@@ -104,7 +104,7 @@ def run_steps(name: str) -> dict:
     backbone = vit_encoder("vit_tiny", 16, 4) if cls.needs_vit else TinyBackbone()
     method = cls(backbone, cfg, 64)
     optimizer = build_optimizer(cfg, method.param_groups(cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm))
-    model = distributed.wrap(method, cfg.train.sync_batchnorm, torch.device("cpu"))
+    model = data_parallel.wrap(method, cfg.train.sync_batchnorm, torch.device("cpu"))
     model.train()
     losses, grads = [], []
     for step, clock in enumerate(CLOCKS):
@@ -294,7 +294,7 @@ def test_nproc_usage_errors_exit_2(tiny_data, tmp_path, capsys):
 
 
 def test_worker_argv_drops_nproc_and_keeps_the_rest():
-    from crlf.launch import worker_argv
+    from crlf.training.launch import worker_argv
 
     assert worker_argv(["run", "--nproc", "2", "--out", "r", "--nproc=4", "--epochs", "3"]) == [
         "pretrain", "--out", "r", "--epochs", "3"]

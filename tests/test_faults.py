@@ -4,7 +4,7 @@ step, loss and lr and keep the last good checkpoint; embedding collapse warns; o
 batch size and a fix, never shrinking the batch.
 
 Training runs are ``crlf pretrain`` in forked children (see ``helpers_faults.fork_cli``), faults injected
-through ``CRLF_FAULT_*`` variables (``crlf.faults``). 2 steps per epoch, 2 epochs.
+through ``CRLF_FAULT_*`` variables (``crlf.training.hooks``). 2 steps per epoch, 2 epochs.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import crlf.io
-import crlf.train
-from crlf.checkpoint import LATEST, PREVIOUS, load_checkpoint_file, save_checkpoint
+import crlf.training.pretrain
 from crlf.config import Config, save_config
-from crlf.export import export_encoder, save_array
 from crlf.io import atomic_write_json
 from crlf.models.encoder import ResNetEncoder
-from crlf.train import Progress, warn_if_collapsed, write_training_metrics
+from crlf.publish.export import export_encoder, save_array
+from crlf.training.checkpoint import LATEST, PREVIOUS, load_checkpoint_file, save_checkpoint
+from crlf.training.monitors.collapse import warn_if_collapsed
+from crlf.training.progress import Progress, write_training_metrics
 
 from helpers_faults import (
     REPO,
@@ -177,14 +178,14 @@ class _ConstantHead(nn.Module):
 
 
 def test_constant_projector_triggers_the_collapse_warning(tiny, work, monkeypatch):
-    build = crlf.train.build_training_modules
+    build = crlf.training.pretrain.build_training_modules
 
     def build_with_constant_head(*args, **kwargs):
         method, optimizer = build(*args, **kwargs)
         method.projector = _ConstantHead(method.projector)  # the same parameters, which the optimiser holds
         return method, optimizer
 
-    monkeypatch.setattr(crlf.train, "build_training_modules", build_with_constant_head)
+    monkeypatch.setattr(crlf.training.pretrain, "build_training_modules", build_with_constant_head)
     result = fork_pretrain(tiny["data"], work / "run", tiny["cache"], "--epochs", "1")  # the fork inherits the patch
     assert result.returncode == 0, result.output
     assert ("crlf: warning: possible collapse at epoch 1: the spread of the L2-normalised embeddings is 0.0000"
@@ -333,7 +334,8 @@ def test_every_write_in_the_source_goes_through_crlf_io():
     import ast
 
     src = REPO / "src" / "crlf"
-    writers = ["train.py", "checkpoint.py", "export.py", "pipeline.py", "evaluate.py", "plots.py", "config.py",
+    writers = ["training/pretrain.py", "training/loop.py", "training/progress.py", "training/schedule.py",
+               "training/checkpoint.py", "publish/export.py", "pipeline.py", "evaluate.py", "plots.py", "config.py",
                "data/sources.py"]
     problems = []
     for path in (src / name for name in writers):

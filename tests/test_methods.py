@@ -17,11 +17,11 @@ import pytest
 import torch
 import yaml
 
-from crlf.checkpoint import LATEST, load_checkpoint_file, save_checkpoint
 from crlf.config import Config, apply_overrides, load_config
 from crlf.methods import METHOD_NAMES, METHODS, method_class
 from crlf.methods.base import Method, is_norm_or_bias
 from crlf.models.backbones import build_backbone, load_encoder
+from crlf.training.checkpoint import LATEST, load_checkpoint_file, save_checkpoint
 
 from conftest import REPO, make_image_folder
 from helpers_faults import (
@@ -157,14 +157,14 @@ def test_a_format_1_checkpoint_resumes_exactly(tiny_data, tmp_path):
            "encoder": {k.removeprefix("backbone."): v for k, v in method.items() if k.startswith("backbone.")},
            "head": {k.removeprefix("projector."): v for k, v in method.items() if k.startswith("projector.")}}
     (run / LATEST).unlink()
-    import crlf.checkpoint
+    import crlf.training.checkpoint
 
-    original = crlf.checkpoint.FORMAT
-    crlf.checkpoint.FORMAT = 1  # write it as the old code did
+    original = crlf.training.checkpoint.FORMAT
+    crlf.training.checkpoint.FORMAT = 1  # write it as the old code did
     try:
         save_checkpoint(run, old)
     finally:
-        crlf.checkpoint.FORMAT = original
+        crlf.training.checkpoint.FORMAT = original
     assert torch.load(run / LATEST, weights_only=True)["format"] == 1
     resumed = pretrain(name, tiny_data, run, "--resume")
     assert resumed.returncode == 0, resumed.output
@@ -172,15 +172,15 @@ def test_a_format_1_checkpoint_resumes_exactly(tiny_data, tmp_path):
 
 
 def test_a_checkpoint_from_a_newer_format_is_a_clear_error(tmp_path):
-    import crlf.checkpoint
+    import crlf.training.checkpoint
     from crlf.errors import UsageError
 
-    original = crlf.checkpoint.FORMAT
-    crlf.checkpoint.FORMAT = 3
+    original = crlf.training.checkpoint.FORMAT
+    crlf.training.checkpoint.FORMAT = 3
     try:
         save_checkpoint(tmp_path, {"method": {}, "progress": {"global_step": 1}})
     finally:
-        crlf.checkpoint.FORMAT = original
+        crlf.training.checkpoint.FORMAT = original
     with pytest.raises(UsageError, match="written by a newer CRLF"):
         load_checkpoint_file(tmp_path / LATEST)
 

@@ -1,4 +1,4 @@
-"""The online linear probe (``crlf.online_probe``, ``train.online_probe``): it learns, it is logged per epoch,
+"""The online linear probe (``crlf.training.monitors.online_probe``, ``train.online_probe``): it learns, it is logged per epoch,
 it is off where asked or where there are no labels, and it never changes the encoder, the method's state or any
 step's loss."""
 
@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from crlf.cli import main
-from crlf.online_probe import OnlineProbe, build_online_probe
+from crlf.training.monitors.online_probe import OnlineProbe, build_online_probe
 
 from conftest import COLOUR_CLASSES, COLOURS, SEED_CONFIG, make_image_folder
 

@@ -1,4 +1,4 @@
-"""``crlf.optim``: LARS as ``build_optimizer`` builds it, checked against its definition (You et al., 2017,
+"""``crlf.training.optim``: LARS as ``build_optimizer`` builds it, checked against its definition (You et al., 2017,
 https://arxiv.org/abs/1708.03888) stepped by hand; the learning-rate schedule; every optimiser's groups."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from torch import nn
 
 from crlf.config import Config, apply_overrides
 from crlf.methods.base import Method
-from crlf.optim import build_optimizer, learning_rate, set_learning_rate
+from crlf.training.optim import build_optimizer, learning_rate, set_learning_rate
 
 ETA, WD, MOMENTUM = 0.02, 1e-4 * 50, 0.9  # a larger weight decay than usual, so its part of the update shows
 
@@ -152,7 +152,7 @@ def test_fixed_lr_groups_keep_their_learning_rate_and_simsiam_marks_its_predicto
     from crlf.config import Config, apply_overrides
     from crlf.methods.simsiam import SimSiam
     from crlf.models.encoder import ResNetEncoder
-    from crlf.optim import set_learning_rate
+    from crlf.training.optim import set_learning_rate
 
     cfg = apply_overrides(Config(), {"method": {"name": "simsiam"}, "optim": {"name": "sgd", "lr": 0.5},
                                      "model": {"proj_hidden_dim": 16, "proj_out_dim": 8, "pred_hidden_dim": 4}})
@@ -168,7 +168,7 @@ def test_fixed_lr_groups_keep_their_learning_rate_and_simsiam_marks_its_predicto
 
 
 def test_precision_auto_is_bf16_only_on_a_cuda_gpu():
-    from crlf.train import autocast_dtype
+    from crlf.training.precision import autocast_dtype
 
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("fp32", torch.device("cpu")) is None

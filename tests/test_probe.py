@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from crlf import probe
 from crlf.cli import main
 from crlf.config import load_config
-from crlf.probe import Setting, cache_file, measure_step_times, resolve_precision
+from crlf.training import precision as probe
+from crlf.training.precision import Setting, cache_file, measure_step_times, resolve_precision
 
 from conftest import REPO, make_image_folder
 

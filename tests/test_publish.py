@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 
 from crlf.cli import main
 from crlf.config import Config, apply_overrides, save_config
-from crlf.export import export_encoder
-from crlf.model_card import evaluation_gap, write_model_card
 from crlf.models.backbones import build_backbone, load_encoder
+from crlf.publish.export import export_encoder
+from crlf.publish.model_card import evaluation_gap, write_model_card
 
 from conftest import REPO
 
@@ -224,9 +224,9 @@ def test_export_usage_errors_exit_2(tiny_run, vit_run, tmp_path, capsys):
 
 def test_publishing_modules_write_files_atomically():
     """As test_faults' audit: model cards, exports and Hub weights go through crlf.io (temp file, then rename).
-    crlf/tensorboard.py is left out on purpose: event files are append-only logs (its docstring says why)."""
+    crlf/training/monitors/tensorboard.py is left out on purpose: event files are append-only logs (its docstring says why)."""
     problems = []
-    for name in ("model_card.py", "export_formats.py", "hub.py"):
+    for name in ("publish/model_card.py", "publish/formats.py", "publish/hub.py"):
         for node in ast.walk(ast.parse((REPO / "src" / "crlf" / name).read_text())):
             if isinstance(node, ast.Call):
                 func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")

@@ -3,7 +3,7 @@ uninterrupted run; a corrupt latest checkpoint falls back to the previous one wi
 named corrupt checkpoint, or nothing to resume, stops with a clear message. Never a silent restart.
 
 Each run is ``crlf pretrain`` (``crlf.cli`` run as ``__main__``) in its own forked process, SIGKILLed at a
-point chosen by a ``CRLF_FAULT_*`` variable (see ``crlf.faults``); 3 steps per epoch, 2 epochs.
+point chosen by a ``CRLF_FAULT_*`` variable (see ``crlf.training.hooks``); 3 steps per epoch, 2 epochs.
 One test does the same with fresh ``python -m crlf.cli`` interpreters (slow: ~10 s of imports each).
 """
 
@@ -17,8 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from crlf.checkpoint import LATEST, NEXT, PREVIOUS, find_resumable, load_checkpoint_file, save_checkpoint
 from crlf.errors import UsageError
+from crlf.training.checkpoint import (
+    LATEST,
+    NEXT,
+    PREVIOUS,
+    find_resumable,
+    load_checkpoint_file,
+    save_checkpoint,
+)
 
 from helpers_faults import (
     assert_same_run,

@@ -12,7 +12,7 @@ from PIL import Image
 
 from crlf.cli import main
 from crlf.data.decode import BadImage
-from crlf.search import MAX_UPLOAD_BYTES, NeighbourIndex, RunSearch, decode_upload, read_upload
+from crlf.serve.search import MAX_UPLOAD_BYTES, NeighbourIndex, RunSearch, decode_upload, read_upload
 
 from conftest import COLOUR_CLASSES as CLASSES
 from conftest import COLOURS, make_colour_run

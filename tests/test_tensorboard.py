@@ -13,7 +13,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from crlf.cli import main
-from crlf.tensorboard import LOG_DIR, PROJECTOR_POINTS, PROJECTOR_TAG, projector_subsample, write_projector
+from crlf.training.monitors.tensorboard import (
+    LOG_DIR,
+    PROJECTOR_POINTS,
+    PROJECTOR_TAG,
+    projector_subsample,
+    write_projector,
+)
 
 from helpers_faults import STEPS_PER_EPOCH, drop_large_files, fork_pretrain, step_losses, tiny  # noqa: F401
 
@@ -72,7 +78,7 @@ def test_projector_shows_a_fixed_subsample_and_a_sprite_tensorboard_accepts(tmp_
     assert np.array_equal(idx, projector_subsample(10_000))  # the same points at every evaluation
     assert np.array_equal(projector_subsample(12), np.arange(12))
     # Large images are shrunk so that the sprite sheet stays under TensorBoard's limit (8192 px; 64 here).
-    monkeypatch.setattr("crlf.tensorboard.SPRITE_MAX_SIDE", 64)
+    monkeypatch.setattr("crlf.training.monitors.tensorboard.SPRITE_MAX_SIDE", 64)
     rng = np.random.default_rng(0)
     folder = write_projector(tmp_path, rng.normal(size=(12, 5)).astype(np.float32), np.arange(12) % 2, ["a", "b"],
                              rng.integers(0, 256, (12, 3, 32, 32), dtype=np.uint8))

@@ -16,12 +16,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crlf.checkpoint import LATEST, PREVIOUS, load_checkpoint_file
 from crlf.cli import main
 from crlf.data.sources import load_dataset
 from crlf.errors import UsageError
-from crlf.export import load_array
 from crlf.models.encoder import ResNetEncoder
+from crlf.publish.export import load_array
+from crlf.training.checkpoint import LATEST, PREVIOUS, load_checkpoint_file
 
 from helpers_faults import SEED_CONFIG, write_tiny_folder
 

@@ -25,7 +25,7 @@ def __getattr__(name):  # lazy: `crlf --help` should not wait for torch to impor
 
         return getattr(backbones, name)
     if name == "HubEncoder":
-        from crlf.hub import HubEncoder
+        from crlf.publish.hub import HubEncoder
 
         return HubEncoder
     if name == "ProjectionHead":

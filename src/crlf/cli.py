@@ -39,7 +39,7 @@ COMMAND_ENV = "CRLF_COMMAND"  # the user's command line, handed to the workers o
 
 def _pretrain(args: argparse.Namespace) -> Path:
     from crlf.config import load_config
-    from crlf.train import pretrain
+    from crlf.training.pretrain import pretrain
 
     overrides = train_overrides(args)
     argv = getattr(args, "argv", None)
@@ -50,7 +50,7 @@ def _pretrain(args: argparse.Namespace) -> Path:
     if nproc is not None and nproc < 1:
         raise UsageError(f"--nproc must be >= 1 (got {nproc}).")
     if nproc and nproc > 1:
-        from crlf.launch import launch
+        from crlf.training.launch import launch
 
         if not args.resume and cfg.train.batch_size % nproc:  # a resumed run's batch size is its checkpoint's
             raise UsageError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide evenly "
@@ -166,13 +166,13 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from crlf.search import search_command
+    from crlf.serve.search import search_command
 
     search_command(args.run_dir, args.image, args.k, args.out, args.data)
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from crlf.demo import serve
+    from crlf.serve.demo import serve
 
     serve(args.run_dir, args.host, args.port, args.data, args.probe)  # returns once stopped and cleaned up
     # The web server's worker threads can still be inside torch while the interpreter finalises, and a
@@ -213,7 +213,7 @@ def _budget_line(run_dir: Path) -> str:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from crlf.export_formats import export_run
+    from crlf.publish.formats import export_run
 
     info = export_run(args.run_dir, args.format, args.out, args.image_size)
     b, c, h, w = info["input_shape"]

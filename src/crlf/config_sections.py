@@ -186,12 +186,12 @@ class TrainConfig:
     batch_size: int = 256
     seed: int = 0
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
-    # fp32 | bf16 (autocast; losses and norms stay fp32) | auto: on a CPU, measured (crlf.probe: fp32 or bf16,
+    # fp32 | bf16 (autocast; losses and norms stay fp32) | auto: on a CPU, measured (crlf.training.precision: fp32 or bf16,
     # with or without channels_last, whichever trains fastest here; it then sets the layout too), on a GPU
     # bf16 where it has it
     precision: str = "fp32"
     channels_last: bool = False
-    # Wall-clock budget of pretraining in minutes (crlf.budget): the epochs, the low/full-resolution split and
+    # Wall-clock budget of pretraining in minutes (crlf.training.schedule): the epochs, the low/full-resolution split and
     # every schedule are planned to end within it. None: train.epochs epochs, as without a budget.
     budget_minutes: float | None = None
     compile: bool = False
@@ -208,7 +208,7 @@ class TrainConfig:
     # after `crlf evaluate`, the embedding projector. Logging draws no random numbers: runs train identically.
     tensorboard: bool = True
     # A linear classifier on the detached backbone features, trained beside the method where the training images
-    # have labels; its accuracy per epoch is online_probe_top1 (crlf.online_probe). It never changes the encoder.
+    # have labels; its accuracy per epoch is online_probe_top1 (crlf.training.monitors.online_probe). It never changes the encoder.
     online_probe: bool = True
 
     def validate(self) -> None:

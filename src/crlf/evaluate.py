@@ -5,7 +5,7 @@ Protocol (guarded in code, not only written down):
   with the encoder frozen and in ``eval()`` mode under ``torch.inference_mode()``;
 * the linear probe is trained on training features only; its weight decay is chosen on a held-out
   10 % of the training split, never on test, and the chosen value is recorded;
-* pretraining only ever loaded the training split (``train.load_training_data``).
+* pretraining only ever loaded the training split (``crlf.training.pretrain.load_training_data``).
 """
 
 from __future__ import annotations

@@ -16,13 +16,13 @@ from crlf.downstream.metrics import default_extra_metrics
 from crlf.downstream.protocol import protocol_record
 from crlf.errors import UsageError
 from crlf.evaluate import evaluate_features, extract_features, freeze
-from crlf.export import save_array
 from crlf.io import atomic_write_json
-from crlf.model_card import write_model_card
 from crlf.models.backbones import load_encoder
+from crlf.publish.export import save_array
+from crlf.publish.model_card import write_model_card
 from crlf.run_files import read_history
 from crlf.runtime import environment_record, resolve_device
-from crlf.tensorboard import write_projector
+from crlf.training.monitors.tensorboard import write_projector
 
 run_config = load_run_config  # kept under this name for callers of crlf.pipeline
 
@@ -45,8 +45,8 @@ def check_labelled(dataset, source: str, run_dir: Path) -> None:
 
 def plot_pretraining(run_dir: Path) -> list[Path]:
     """The one figure a run without evaluation has: its loss curve (``crlf plot`` needs metrics.json)."""
-    from crlf.export import load_array
     from crlf.plots import loss_curve
+    from crlf.publish.export import load_array
 
     losses = run_dir / "step_losses.npy"
     return [loss_curve(read_history(run_dir), load_array(losses) if losses.exists() else None,

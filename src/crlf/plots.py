@@ -16,8 +16,8 @@ from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from crlf.errors import UsageError  # noqa: E402
-from crlf.export import load_array  # noqa: E402
 from crlf.io import atomic_open  # noqa: E402
+from crlf.publish.export import load_array  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:

@@ -59,7 +59,7 @@ def curate(run_dir: Path, data: str, out: Path, n_select: int | None = None, str
            device: str = "auto", progress: bool = True, edge_threshold: float = EDGE_THRESHOLD) -> dict:
     """Everything ``crlf curate`` writes; returns the summary also written to ``OUT/curation.json``."""
     from crlf.config import load_run_config
-    from crlf.export import save_array
+    from crlf.publish.export import save_array
 
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / "encoder.safetensors").is_file():

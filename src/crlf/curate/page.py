@@ -21,7 +21,7 @@ SECTIONS = ["summary", "duplicates", "outliers", "selection", "label-issues", "s
 
 def thumbnail(image: np.ndarray, side: int = 96) -> str:
     """uint8 ``(3, H, W)`` -> a base64 PNG data URI, enlarged without blurring."""
-    from crlf.search import to_pil
+    from crlf.serve.search import to_pil
 
     buffer = io.BytesIO()
     to_pil(image, side).save(buffer, format="PNG")

@@ -133,8 +133,8 @@ def embed_images(run_dir: Path, images: Images, device: str = "auto", progress: 
     data is the run's (same checksum, every training image), which saves the whole forward pass."""
     from crlf.config import load_run_config
     from crlf.evaluate import extract_features, freeze
-    from crlf.export import load_array
     from crlf.models.backbones import load_encoder
+    from crlf.publish.export import load_array
     from crlf.runtime import resolve_device
 
     run_dir = Path(run_dir)

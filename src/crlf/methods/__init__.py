@@ -1,4 +1,4 @@
-"""Self-supervised methods, all trained by the one loop in ``crlf.train``.
+"""Self-supervised methods, all trained by the one loop in ``crlf.training.loop``.
 
 ``METHODS`` is the registry: ``method.name`` -> the class that implements it, as ``"module:Class"`` so that
 ``crlf --help`` never imports torch; :func:`method_class` imports the file on demand (reading a config does,

@@ -2,7 +2,7 @@
 
 A method is an ``nn.Module`` that owns everything but the data: the backbone (the only part that
 evaluation, export and the demo see) plus its projector, predictor, momentum target, prototypes, queue or
-centre. The loop (``crlf.train``) only ever does::
+centre. The loop (``crlf.training.loop``) only ever does::
 
     method.on_step_start(clock)            # schedules: teacher temperature, prototype normalisation, ...
     loss, logs = method(views)             # views: list of (B, 3, S, S) batches, the global views first
@@ -114,7 +114,7 @@ class Method(nn.Module):
     """Base class of every method. Subclasses set ``name``, build their heads in ``__init__`` and implement
     ``forward``; the hooks default to doing nothing.
 
-    With several processes (:mod:`crlf.distributed`) a method gathers, in ``forward``, whatever its loss needs
+    With several processes (:mod:`crlf.training.distributed`) a method gathers, in ``forward``, whatever its loss needs
     from the other ranks (negatives, batch statistics, Sinkhorn scores, queue entries, the teacher's mean)."""
 
     name = "method"
@@ -168,7 +168,7 @@ class Method(nn.Module):
 
     def backbone_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """The online backbone's features of every view, ``[(B, F)]``; the first view's, detached, are kept for the
-        loop's online linear probe (:mod:`crlf.online_probe`), which then needs no backbone pass of its own."""
+        loop's online linear probe (:mod:`crlf.training.monitors.online_probe`), which then needs no backbone pass of its own."""
         compiled = self.__dict__.get("_compiled_backbone")
         features = forward_backbone(self.backbone if compiled is None else compiled, views, self.channels_last)
         self.last_features = features[0].detach()  # (B, F); not state: never in the state dict

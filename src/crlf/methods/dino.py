@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
-from crlf.distributed import mean_over_ranks
 from crlf.methods.base import (
     MomentumMethod,
     StepClock,
@@ -28,6 +27,7 @@ from crlf.methods.base import (
     projector_from,
 )
 from crlf.methods.settings import MomentumTemperatureSettings, check
+from crlf.training.distributed import mean_over_ranks
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

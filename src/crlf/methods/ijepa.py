@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
-from crlf.distributed import world_size
 from crlf.methods.base import MomentumMethod, embedding_spread
 from crlf.methods.settings import MomentumSettings, check
 from crlf.methods.vit_tokens import (
@@ -35,6 +34,7 @@ from crlf.methods.vit_tokens import (
     this_ranks_rows,
     vision_transformer,
 )
+from crlf.training.distributed import world_size
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from crlf.config import Config
-from crlf.distributed import world_size
 from crlf.methods.base import Method, embedding_spread
 from crlf.methods.settings import MethodSettings, check
 from crlf.methods.vit_tokens import (
@@ -29,6 +28,7 @@ from crlf.methods.vit_tokens import (
     this_ranks_rows,
     vision_transformer,
 )
+from crlf.training.distributed import world_size
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
-from crlf.distributed import gather, gather_with_grad
 from crlf.errors import UsageError
 from crlf.methods.base import (
     Method,
@@ -29,6 +28,7 @@ from crlf.methods.base import (
     write_to_ring,
 )
 from crlf.methods.settings import TemperatureSettings, check
+from crlf.training.distributed import gather, gather_with_grad
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

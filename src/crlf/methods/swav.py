@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from crlf.config import Config
-from crlf.distributed import gather, shard, world_size
 from crlf.methods.base import (
     Method,
     StepClock,
@@ -27,6 +26,7 @@ from crlf.methods.base import (
     projector_from,
 )
 from crlf.methods.settings import TemperatureSettings, check
+from crlf.training.distributed import gather, shard, world_size
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

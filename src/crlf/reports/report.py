@@ -92,9 +92,9 @@ def make_neighbours_plot(run_dir: Path, metrics: dict, queries: int = 6, k: int 
     from crlf.config import load_run_config
     from crlf.data.holdout import evaluation_splits
     from crlf.data.sources import load_dataset
-    from crlf.export import load_array
     from crlf.neighbours import CosineIndex
     from crlf.plots import neighbours_grid
+    from crlf.publish.export import load_array
 
     cfg = load_run_config(run_dir)
     train_x, test_x = load_array(run_dir / "train_embeddings.npy"), load_array(run_dir / "test_embeddings.npy")
@@ -141,7 +141,7 @@ def write_report(run_dir: Path) -> Path:
 
 def _precision_and_budget(run_dir: Path) -> list[tuple[str, str]]:
     """The precision probe's choice and the budget plan (RUN/config.json), as the model card shows them."""
-    from crlf.model_card import precision_and_budget_rows
+    from crlf.publish.model_card import precision_and_budget_rows
 
     try:
         meta = json.loads((run_dir / "config.json").read_text())

@@ -1,4 +1,4 @@
-"""One pretraining step, the same for every method: used by the loop (``crlf.train``) and by every
+"""One pretraining step, the same for every method: used by the loop (``crlf.training.loop``) and by every
 benchmark that times a step (``bench/throughput.py``, ``bench/step_profile.py``, ``bench/methods.py``)."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from collections.abc import Callable
 import torch
 
 from crlf.config import Config
-from crlf.distributed import mean_over_ranks
 from crlf.methods import method_class
 from crlf.methods.base import Method, StepClock
 from crlf.models.backbones import build_backbone
-from crlf.optim import build_optimizer
+from crlf.training.distributed import mean_over_ranks
+from crlf.training.optim import build_optimizer
 
 
 def train_step(method: Method, optimizer: torch.optim.Optimizer, views: list[torch.Tensor], clock: StepClock,

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from crlf import faults
 from crlf.errors import UsageError
 from crlf.io import atomic_open
+from crlf.training.hooks import NO_HOOKS, TrainingHooks
 
 LATEST, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
 NEXT = ".checkpoint.pt.next"  # a complete new checkpoint between its write and its rename
@@ -57,8 +57,9 @@ def restore_rng_state(state: dict[str, Any], aug_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Atomically write ``checkpoint.pt``, keeping the one before as ``checkpoint.prev.pt``.
+def save_checkpoint(run_dir: Path, state: dict[str, Any], hooks: TrainingHooks = NO_HOOKS) -> Path:
+    """Atomically write ``checkpoint.pt``, keeping the one before as ``checkpoint.prev.pt``; ``hooks``: the
+    faults the tests inject between the writes.
 
     A kill at any moment leaves a loadable ``checkpoint.pt`` or ``checkpoint.prev.pt`` (between the two
     renames only the latter); a failed write (full disk) leaves both untouched and raises naming the path.
@@ -71,7 +72,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     step = state.get("progress", {}).get("global_step", -1)
     try:
         with atomic_open(tmp) as handle:
-            faults.maybe_kill_in_checkpoint_write(handle, data, step)
+            hooks.in_checkpoint_write(handle, data, step)
             handle.write(data)
     except OSError as exc:
         reason = getattr(exc.__cause__, "strerror", None) or exc.strerror or exc
@@ -79,7 +80,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
                                  f"is unchanged") from exc
     if latest.exists():
         os.replace(latest, run_dir / PREVIOUS)
-    faults.maybe_kill_in_checkpoint_rotate(step)
+    hooks.in_checkpoint_rotate(step)
     os.replace(tmp, latest)
     return latest
 

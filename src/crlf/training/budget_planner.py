@@ -1,8 +1,9 @@
 """Pretraining planned to a wall-clock budget (``--budget MINUTES``, config ``train.budget_minutes``).
 
 Pure arithmetic over measured seconds per step: no clock in here, so the planner's choices are tested
-with injected timings. The loop (:mod:`crlf.train`) asks for a plan at the start, from the step times the
-precision probe measured (:mod:`crlf.probe`), and again after every epoch, from the time that epoch took.
+with injected timings. The budget schedule (:mod:`crlf.training.schedule`) asks for a plan at the start, from the
+step times the precision probe measured (:mod:`crlf.training.precision`), and again after every epoch, from the
+time that epoch took.
 
 Why plan rather than stop when time is up: a schedule that decays to zero at the end of the budget beats a
 longer schedule cut short (Li, Yumer & Ramanan, "Budgeted Training", ICLR 2020, arXiv 1905.04753). So the

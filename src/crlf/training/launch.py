@@ -17,8 +17,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from crlf.distributed import LAUNCHER_ENV
 from crlf.errors import Interrupted, TrainingStopped, UsageError
+from crlf.training.distributed import LAUNCHER_ENV
 
 CRLF_EXIT_CODES = (1, 2, 130, 143)  # the workers printed their own message (cli.main's exit codes)
 

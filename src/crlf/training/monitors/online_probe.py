@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crlf import distributed
+from crlf.training import distributed
 
 PROBE_LR = 1e-3  # Adam: insensitive to the features' scale, which differs between backbones and over training
 

@@ -164,7 +164,7 @@ def _evaluation(run_dir: Path, metrics: dict | None, history: list[dict], not_ev
 
 def _how_made(command: dict | None) -> str:
     if not command or not command.get("command"):
-        return "## How it was made\n\nStarted from Python (`crlf.train.pretrain`); the resolved config is " \
+        return "## How it was made\n\nStarted from Python (`crlf.training.pretrain.pretrain`); the resolved config is " \
                "`config.yaml`.\n"
     text = f"## How it was made\n\n```bash\n{command['command']}\n```\n"
     for resume in command.get("resumed", []):

@@ -25,8 +25,8 @@ from crlf.config import load_run_config  # not crlf.pipeline: it imports scikit-
 from crlf.data.augment import normalize
 from crlf.data.decode import BadImage, decode_image
 from crlf.errors import UsageError
-from crlf.export import load_array
 from crlf.neighbours import CosineIndex
+from crlf.publish.export import load_array
 
 # Caps on anything a person uploads (the demo) before Pillow decodes it: a 10 MB file and 40 megapixels
 # cover any camera photo, and keep a decompression bomb from taking the machine's memory.

@@ -7,7 +7,7 @@ and trains with the fastest. Why measure: bf16 autocast is ~1.3x faster than fp3
 channels_last helps one CPU's oneDNN kernels and not another's. On CUDA and MPS ``auto`` keeps its rule
 (bf16 where the GPU has it) and nothing is timed. An explicit ``fp32`` or ``bf16`` is never overridden.
 
-The same step times feed the budget planner (:mod:`crlf.budget`): with ``--budget`` the chosen setting is
+The same step times feed the budget planner (:mod:`crlf.training.budget_planner`): with ``--budget`` the chosen setting is
 timed at every view size of the run even when the precision is explicit.
 
 Answers are cached per machine in ``$CRLF_CACHE_DIR/precision_probe.json`` (default: ``$CRLF_CACHE`` or
@@ -28,10 +28,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from crlf import distributed
 from crlf.config import Config
 from crlf.io import atomic_write_text
+from crlf.training import distributed
+from crlf.training.progress import Progress
 
 CACHE_FORMAT = "crlf-precision-probe"
 CACHE_VERSION = 1
@@ -172,7 +174,7 @@ def measure_step_times(cfg: Config, device: torch.device, settings: list[Setting
     own weights and random streams are untouched."""
     from crlf.data.augment import build_augment, view_specs
     from crlf.methods.base import StepClock
-    from crlf.step import build_training_modules, train_step
+    from crlf.training.step import build_training_modules, train_step
 
     def sync():
         if device.type == "cuda":
@@ -256,3 +258,35 @@ def resolve_precision(cfg: Config, device: torch.device, view_sizes: list[int], 
     if log and len(settings) > 1:
         log(result.describe())
     return result
+
+
+def resolve_run_precision(cfg: Config, device: torch.device, state: Progress, num_images: int, view_sizes: list[int],
+                          progress: bool) -> tuple[Config, ProbeResult | None]:
+    """The config the run trains with (``auto`` resolved to a measured precision and layout), and the probe's
+    result. A resumed run (``state``) keeps its recorded choice. With a budget the probe also times the steps
+    at every size in ``view_sizes``, for the planner."""
+    need_timings = bool(cfg.train.budget_minutes) and state.budget_plan is None
+    if state.precision is not None and not need_timings:  # resumed: the choice made when the run started
+        rec = state.precision
+        probe = ProbeResult(Setting(rec["precision"], rec["channels_last"]), rec["rule"], {}, 0.0)
+    else:
+        log = tqdm.write if progress else None
+        batch = cfg.train.batch_size // distributed.world_size()  # each process times its own share
+        probe = resolve_precision(cfg, device, view_sizes, need_timings=need_timings, batch_size=batch,
+                                  num_images=num_images, log=log)  # rank 0's answer on every rank
+    if probe is None:
+        return cfg, None
+    if state.precision is None:
+        state.precision = probe.record()
+    s = probe.setting
+    train = replace(cfg.train, precision=s.precision, channels_last=s.channels_last)
+    return replace(cfg, train=train), probe
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast for ``bf16``, and for ``auto`` on a CUDA GPU that has it; fp32 (None) otherwise. A run
+    resolves ``auto`` on a CPU by measuring first (:func:`resolve_run_precision`); what is left here is the
+    unmeasured rule, for the benchmarks that call it directly."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None

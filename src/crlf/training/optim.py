@@ -46,27 +46,29 @@ def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimi
 
 
 def learning_rate(cfg: Config, global_step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up, then constant or cosine decay to zero, per step."""
+    """Linear warm-up, then constant or cosine decay to zero, per step (``EpochSchedule``)."""
     total = cfg.train.epochs * steps_per_epoch
     warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
     if global_step < warmup:
         return cfg.optim.lr * (global_step + 1) / warmup
-    if cfg.optim.schedule == "constant":
-        return cfg.optim.lr
-    progress = (global_step - warmup) / max(1, total - warmup)
-    return cfg.optim.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return after_warmup(cfg, (global_step - warmup) / max(1, total - warmup))
 
 
 def learning_rate_at_progress(cfg: Config, progress: float, progress_after: float, total_epochs: float) -> float:
-    """The same schedule over a budget plan's progress (``crlf.budget``) rather than steps: warm-up for the
+    """The same schedule over a budget plan's progress (``BudgetSchedule``) rather than steps: warm-up for the
     first ``warmup_epochs / total_epochs`` of it (reaching ``progress_after``, where the step ends, as the
     step-based warm-up reaches step + 1), then constant or cosine decay to zero at progress 1."""
     warmup = min(1.0, cfg.optim.warmup_epochs / total_epochs) if total_epochs > 0 else 0.0
     if progress < warmup:
         return cfg.optim.lr * min(1.0, progress_after / warmup)
+    return after_warmup(cfg, (progress - warmup) / max(1e-12, 1.0 - warmup))
+
+
+def after_warmup(cfg: Config, done: float) -> float:
+    """The learning rate once warmed up, ``done`` of the way from the warm-up's end to the run's: the base
+    rate (``constant``) or its cosine decay to zero."""
     if cfg.optim.schedule == "constant":
         return cfg.optim.lr
-    done = (progress - warmup) / max(1e-12, 1.0 - warmup)
     return cfg.optim.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
