@@ -39,9 +39,31 @@ def probe_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CRLF_CACHE_DIR", str(tmp_path / "probe"))
 
 
-def resolve(cfg, measure, need_timings=False, sizes=(16, 32)):
+def resolve(cfg, measure, need_timings=False, sizes=(16, 32), planned_steps=None, log=None):
     return resolve_precision(cfg, CPU, list(sizes), need_timings=need_timings, batch_size=256, num_images=50000,
-                             log=None, measure=measure)
+                             log=log, measure=measure, planned_steps=planned_steps)
+
+
+def test_a_run_too_short_for_timing_to_pay_keeps_fp32_untimed_and_says_why(monkeypatch):
+    monkeypatch.setattr(probe, "cpu_has_bf16", lambda: True)
+    cfg = load_config(REPO / "configs" / "fast-cpu.yaml", {"train": {"precision": "auto"}})  # channels_last
+    # 4 settings x 2 sizes x (1 warm-up + 2 timed) rounds = 24 steps of timing at the least
+    lines, measure = [], injected(BF16_FASTEST)
+    short = resolve(cfg, measure, planned_steps=479, log=lines.append)  # 24 > 5 % of 479
+    assert short.setting == Setting("fp32", True) and short.rule == "not timed: a short run" and measure.calls == []
+    assert lines == ["precision auto: fp32 + channels_last, not timed: timing 4 settings takes at least 24 steps, "
+                     "more than 5% of this run's 479"]
+    assert resolve(cfg, measure, planned_steps=480).setting == Setting("bf16", True)  # 24 = 5 % of 480: timed
+    assert len(measure.calls) == 1
+    # now cached for this machine: free, so even a short run uses the answer
+    assert resolve(cfg, measure, planned_steps=3).rule == "cached" and len(measure.calls) == 1
+
+
+def test_a_budget_times_its_steps_however_short(monkeypatch):
+    monkeypatch.setattr(probe, "cpu_has_bf16", lambda: True)
+    cfg = load_config(REPO / "configs" / "fast-cpu.yaml", {"train": {"precision": "auto"}})
+    measure = injected(BF16_FASTEST)
+    assert resolve(cfg, measure, need_timings=True, planned_steps=3).rule == "measured" and measure.calls
 
 
 @pytest.mark.parametrize("timings, expected", [(BF16_FASTEST, Setting("bf16", True)),
@@ -117,6 +139,7 @@ def test_the_real_measurement_leaves_the_runs_random_streams_alone():
 
 def test_a_run_trains_with_the_probes_choice_and_records_it(tmp_path, monkeypatch):
     monkeypatch.setattr(probe, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(probe, "MAX_PROBE_SHARE", 100.0)  # a 3-step run: timed all the same, for this test
     monkeypatch.setattr(probe, "measure_step_times", injected(BF16_FASTEST))
     data = make_image_folder(tmp_path / "images", train_per_class=4, test_per_class=2)
     run = tmp_path / "run"

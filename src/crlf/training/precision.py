@@ -41,6 +41,10 @@ WARMUP_ROUNDS = 1  # first step of each setting: oneDNN builds its kernels
 # Then the median of 2 to 4 timed rounds (each round runs every setting once, so drift hits all alike):
 # a third and fourth round only while the probe has taken less than PROBE_SECONDS.
 MIN_TIMED_ROUNDS, MAX_TIMED_ROUNDS, PROBE_SECONDS = 2, 4, 10.0
+# A fixed cost in proportion: timing the settings may take at most this share of a run's planned steps, or
+# the run keeps fp32 untimed (a 1-epoch smoke run of a few steps would otherwise wait for the probe longer
+# than it trains). Counted in steps, not seconds: nothing is timed to decide whether to time.
+MAX_PROBE_SHARE = 0.05
 
 # seconds per step for each (setting, view size): what the measuring function returns
 Timings = dict[str, dict[int, float]]
@@ -65,7 +69,7 @@ class ProbeResult:
     """What the run trains with, how it was decided, and the step times behind it."""
 
     setting: Setting
-    rule: str  # measured | cached | explicit | device rule
+    rule: str  # measured | cached | explicit | device rule | not timed: a short run
     timings: Timings  # setting name -> {view size: seconds per step}
     probe_s: float = 0.0  # wall time spent timing (0 when cached)
 
@@ -216,10 +220,12 @@ def measure_step_times(cfg: Config, device: torch.device, settings: list[Setting
 
 def resolve_precision(cfg: Config, device: torch.device, view_sizes: list[int], *, need_timings: bool,
                       batch_size: int, num_images: int, log: Callable[[str], None] = print,
-                      measure: Callable[..., Timings] | None = None) -> ProbeResult | None:
+                      measure: Callable[..., Timings] | None = None, planned_steps: int | None = None
+                      ) -> ProbeResult | None:
     """The setting the run trains with. ``None``: nothing to decide or time (explicit precision, no budget),
     the config's own values apply. ``need_timings``: the budget planner needs seconds per step at every
-    size in ``view_sizes``. ``measure`` is injectable for tests."""
+    size in ``view_sizes``. ``planned_steps``: the run's steps, when known (by epochs): a run too short for
+    timing to pay (:data:`MAX_PROBE_SHARE`) keeps fp32 untimed. ``measure`` is injectable for tests."""
     settings, rule = candidate_settings(cfg, device)
     if len(settings) == 1 and not need_timings:
         return None if rule == "explicit" else ProbeResult(settings[0], rule, {})
@@ -243,6 +249,13 @@ def resolve_precision(cfg: Config, device: torch.device, view_sizes: list[int], 
     # on every rank together, because a method's step gathers across ranks.
     timings = distributed.decided_on_main(cached_timings)
     cached = timings is not None
+    probe_steps = len(settings) * len(view_sizes) * (WARMUP_ROUNDS + MIN_TIMED_ROUNDS)  # the fewest it takes
+    if not cached and not need_timings and planned_steps is not None and probe_steps > MAX_PROBE_SHARE * planned_steps:
+        kept = Setting("fp32", cfg.train.channels_last)
+        if log:
+            log(f"precision auto: {kept.name}, not timed: timing {len(settings)} settings takes at least "
+                f"{probe_steps} steps, more than {MAX_PROBE_SHARE:.0%} of this run's {planned_steps}")
+        return ProbeResult(kept, "not timed: a short run", {})
     t0 = time.perf_counter()
     if not cached:
         if log and len(settings) > 1:
@@ -272,8 +285,9 @@ def resolve_run_precision(cfg: Config, device: torch.device, state: Progress, nu
     else:
         log = tqdm.write if progress else None
         batch = cfg.train.batch_size // distributed.world_size()  # each process times its own share
+        planned_steps = cfg.train.epochs * (num_images // cfg.train.batch_size)  # by epochs; a budget plans later
         probe = resolve_precision(cfg, device, view_sizes, need_timings=need_timings, batch_size=batch,
-                                  num_images=num_images, log=log)  # rank 0's answer on every rank
+                                  num_images=num_images, log=log, planned_steps=planned_steps)  # rank 0's answer
     if probe is None:
         return cfg, None
     if state.precision is None:
