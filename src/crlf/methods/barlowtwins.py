@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from crlf.collectives import gather_with_grad
 from crlf.config import Config
 from crlf.methods.base import Method, apply_to_views, cross_view_pairs, embedding_spread, projector_from
 from crlf.methods.settings import MethodSettings, check
 from crlf.methods.vicreg import check_branches, off_diagonal
-from crlf.training.distributed import gather_with_grad
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

@@ -114,7 +114,7 @@ class Method(nn.Module):
     """Base class of every method. Subclasses set ``name``, build their heads in ``__init__`` and implement
     ``forward``; the hooks default to doing nothing.
 
-    With several processes (:mod:`crlf.training.distributed`) a method gathers, in ``forward``, whatever its loss needs
+    With several processes (:mod:`crlf.collectives`) a method gathers, in ``forward``, whatever its loss needs
     from the other ranks (negatives, batch statistics, Sinkhorn scores, queue entries, the teacher's mean)."""
 
     name = "method"

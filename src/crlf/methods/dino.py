@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crlf.collectives import mean_over_ranks
 from crlf.config import Config
 from crlf.methods.base import (
     MomentumMethod,
@@ -27,7 +28,6 @@ from crlf.methods.base import (
     projector_from,
 )
 from crlf.methods.settings import MomentumTemperatureSettings, check
-from crlf.training.distributed import mean_over_ranks
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

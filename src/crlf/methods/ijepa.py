@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crlf.collectives import world_size
 from crlf.config import Config
 from crlf.methods.base import MomentumMethod, embedding_spread
 from crlf.methods.settings import MomentumSettings, check
@@ -34,7 +35,6 @@ from crlf.methods.vit_tokens import (
     this_ranks_rows,
     vision_transformer,
 )
-from crlf.training.distributed import world_size
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

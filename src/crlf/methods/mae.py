@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from crlf.collectives import world_size
 from crlf.config import Config
 from crlf.methods.base import Method, embedding_spread
 from crlf.methods.settings import MethodSettings, check
@@ -28,7 +29,6 @@ from crlf.methods.vit_tokens import (
     this_ranks_rows,
     vision_transformer,
 )
-from crlf.training.distributed import world_size
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crlf.collectives import gather, gather_with_grad
 from crlf.config import Config
 from crlf.errors import UsageError
 from crlf.methods.base import (
@@ -28,7 +29,6 @@ from crlf.methods.base import (
     write_to_ring,
 )
 from crlf.methods.settings import MomentumTemperatureSettings, check
-from crlf.training.distributed import gather, gather_with_grad
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

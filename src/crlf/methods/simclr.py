@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crlf.collectives import gather_with_grad
 from crlf.config import Config
 from crlf.methods.base import Method, embedding_spread, projector_from
 from crlf.methods.settings import TemperatureSettings
 from crlf.models.heads import ProjectionHead
-from crlf.training.distributed import gather_with_grad
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crlf.collectives import gather, shard, world_size
 from crlf.config import Config
 from crlf.methods.base import (
     Method,
@@ -26,7 +27,6 @@ from crlf.methods.base import (
     projector_from,
 )
 from crlf.methods.settings import TemperatureSettings, check
-from crlf.training.distributed import gather, shard, world_size
 
 if TYPE_CHECKING:
     from crlf.models.backbones import Backbone

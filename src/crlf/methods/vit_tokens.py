@@ -13,8 +13,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from crlf.collectives import shard
 from crlf.errors import UsageError
-from crlf.training.distributed import shard
 
 VIT_PARTS = ("patch_embed", "_pos_embed", "norm_pre", "blocks", "norm", "num_prefix_tokens", "embed_dim")
 

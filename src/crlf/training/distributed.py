@@ -29,6 +29,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from crlf.collectives import (  # noqa: F401 - the process-level helpers below use them; re-exported
+    gather,
+    gather_with_grad,
+    is_distributed,
+    is_main,
+    mean_over_ranks,
+    rank,
+    shard,
+    sum_with_grad,
+    world_size,
+)
 from crlf.errors import TrainingStopped, UsageError
 
 TIMEOUT_ENV = "CRLF_DIST_TIMEOUT_S"  # seconds a collective waits for a rank before the job stops
@@ -36,23 +47,6 @@ DEFAULT_TIMEOUT_S = 600  # longer than rank 0's longest solo work (a checkpoint,
 LAUNCHER_ENV = "CRLF_NPROC"  # set by `crlf pretrain --nproc N`: the resume hint names that command
 
 
-# -- who am I ----------------------------------------------------------------------------------------------
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def is_main() -> bool:
-    """Rank 0, the one process that writes metrics, checkpoints, exports and plots (True in one process)."""
-    return rank() == 0
 
 
 def _env_int(name: str, default: int) -> int:
@@ -118,77 +112,6 @@ def resume_command(run_dir: Path) -> str:
     return f"{launcher} -m crlf pretrain --out {run_dir} --resume"
 
 
-# -- what crosses processes --------------------------------------------------------------------------------
-
-def shard(x: torch.Tensor) -> torch.Tensor:
-    """This rank's rows of a global batch: ``(B, ...) -> (B / W, ...)`` (rank r holds rows r*B/W onwards)."""
-    return x.chunk(world_size())[rank()] if is_distributed() else x
-
-
-@torch.no_grad()
-def gather(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Every rank's ``x`` concatenated in rank order along ``dim``, without gradient (keys, scores, codes):
-    ``(b, ...) -> (W b, ...)``, the global batch in its single-process order."""
-    if not is_distributed():
-        return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=dim)
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0 whose backward returns, to each rank, the *sum over ranks* of the gradient
-    with respect to its rows: every rank's loss depends on every rank's embeddings."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)  # (W b, ...)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
-        dist.all_reduce(grad)  # (W b, ...) summed over the ranks' losses
-        return grad.chunk(dist.get_world_size())[dist.get_rank()]  # (b, ...)
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """``(b, ...) -> (W b, ...)`` with the gradient flowing back to every rank's rows (NT-Xent negatives,
-    batch statistics). With DDP's gradient averaging, a loss computed identically on every rank over the
-    gathered batch gets exactly the single-process gradient."""
-    return _GatherWithGrad.apply(x) if is_distributed() else x
-
-
-class _SumWithGrad(torch.autograd.Function):
-    """All-reduce (sum) whose backward sums the gradients of every rank's use of the result."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad)
-        return grad
-
-
-def sum_with_grad(x: torch.Tensor) -> torch.Tensor:
-    return _SumWithGrad.apply(x) if is_distributed() else x
-
-
-@torch.no_grad()
-def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    """The mean of ``x`` over the ranks, without gradient (logged losses, DINO's teacher mean); ``x`` itself
-    in one process. Every rank holds the same number of rows, so a mean of per-rank means is the global one."""
-    if not is_distributed():
-        return x
-    x = x.detach().clone(memory_format=torch.contiguous_format)
-    dist.all_reduce(x)
-    return x / world_size()
 
 
 def agreed_signal(signum: int | None) -> int | None:
