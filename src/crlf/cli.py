@@ -366,12 +366,9 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "export":
         _export(args)
     elif args.command == "curate":
-        from crlf.curate.command import curate, summary_line
+        from crlf.curate.command import CurateOptions, curate, summary_line
 
-        summary = curate(args.run_dir, args.data, args.out, args.select, args.strategy, args.seed, args.labels,
-                         args.dup_threshold, args.pixel_threshold, args.exclude_outliers, device=args.device,
-                         progress=not args.quiet, edge_threshold=args.edge_threshold)
-        print(summary_line(summary, args.out))
+        print(summary_line(curate(args.run_dir, args.data, args.out, CurateOptions.from_args(args)), args.out))
     elif args.command == "classify":
         from crlf.curate.classify import classify_command
 

@@ -247,12 +247,17 @@ def confirmed_pairs(images: np.ndarray, candidates: np.ndarray, pixel_threshold:
 def find_duplicates(embeddings: np.ndarray, images: np.ndarray, sims: np.ndarray, idx: np.ndarray,
                     typicality: np.ndarray, threshold: float = DUP_THRESHOLD,
                     pixel_threshold: float = PIXEL_THRESHOLD, progress: bool = False,
-                    edge_threshold: float = EDGE_THRESHOLD) -> Groups:
+                    edge_threshold: float = EDGE_THRESHOLD, unusual: np.ndarray | None = None) -> Groups:
     """Groups of exact and confirmed near-duplicates; in each, the most typical image is kept.
 
     ``embeddings`` ``(N, D)`` unit rows, ``images`` ``(N, 3, S, S)`` uint8, the graph ``sims``/``idx``
-    ``(N, k)``, ``typicality`` ``(N,)``."""
-    near = confirmed_pairs(images, candidate_pairs(sims, idx, threshold), pixel_threshold, edge_threshold, progress)
+    ``(N, k)``, ``typicality`` ``(N,)``. Rows in ``unusual`` (the outliers flagged) join a group only as
+    exact copies: different images of one plain kind of junk (silhouettes on black, blank frames,
+    documents) pass both pixel checks, since their thumbnails are mostly one flat ground (issue 27)."""
+    candidates = candidate_pairs(sims, idx, threshold)
+    if unusual is not None and len(unusual):
+        candidates = candidates[~np.isin(candidates, unusual).any(1)]
+    near = confirmed_pairs(images, candidates, pixel_threshold, edge_threshold, progress)
     group, members, keep, similarity = [], [], [], []
     for g, rows in enumerate(anchored_groups(len(images), exact_pairs(images), near, typicality)):
         kept = rows[np.argmax(typicality[rows])]

@@ -33,6 +33,7 @@ TRIM_ROUNDS = 3
 EIGEN_FLOOR = 0.1  # covariance eigenvalues are floored at this share of their mean
 FIT_SAMPLE = 100_000  # rows the mean and covariance are fitted on (a seeded sample of a larger set)
 LOCAL_MARGIN = 3.0  # robust z-units by which the local score must exceed the global one to count
+PIXEL_MARGIN = 0.0  # ... and the pixel statistics' score: bench/curate_loso.py
 
 
 def typicality(sims: np.ndarray) -> np.ndarray:
@@ -101,8 +102,60 @@ def robust_z(x: np.ndarray) -> np.ndarray:
     return (x - median) / max(mad, 1e-12 + 1e-6 * abs(median))
 
 
-def outlier_scores(embeddings: np.ndarray, sims: np.ndarray) -> np.ndarray:
-    """Combined outlier score ``(N,)`` (higher: more unusual) from unit ``embeddings`` ``(N, D)`` and the
-    neighbour graph's similarities ``sims`` ``(N, k)``."""
-    return np.maximum(robust_z(global_score(embeddings)),
-                      robust_z(local_score(sims)) - LOCAL_MARGIN).astype(np.float32)
+def outlier_scores(embeddings: np.ndarray, sims: np.ndarray, images=None) -> np.ndarray:
+    """Combined outlier score ``(N,)`` (higher: more unusual; in robust z-units) from unit ``embeddings``
+    ``(N, D)``, the neighbour graph's similarities ``sims`` ``(N, k)`` and, where given, the ``images``
+    ``(N, 3, S, S)`` uint8 themselves: the largest of the angle from the mean direction, the local score
+    less ``LOCAL_MARGIN`` and the pixel statistics' score less ``PIXEL_MARGIN``."""
+    parts = [robust_z(angle_score(embeddings)), robust_z(local_score(sims)) - LOCAL_MARGIN]
+    if images is not None:
+        parts.append(robust_z(pixel_score(images)) - PIXEL_MARGIN)
+    return np.maximum.reduce(parts).astype(np.float32)
+
+
+FLAG_Z = 3.5  # outlier score from which an image is flagged: kept out of duplicate groups and the selection
+
+
+def flagged_outliers(score: np.ndarray, min_share: float = 0.01, flag_z: float = FLAG_Z) -> np.ndarray:
+    """Rows ``(M,)`` flagged as outliers from ``score`` ``(N,)``: every score of ``flag_z`` or more, and at
+    least the ``min_share`` highest."""
+    top = np.argsort(-score, kind="stable")[: int(np.ceil(min_share * len(score)))]
+    return np.union1d(top, np.flatnonzero(score >= flag_z))
+
+
+STATS_FIT_SAMPLE = 5_000  # images the robust covariance of the pixel statistics is fitted on
+
+
+def image_statistics(images, chunk: int = 4096) -> np.ndarray:
+    """Five plain statistics ``(N, 5)`` of each image of ``images`` ``(N, 3, S, S)`` uint8 (memory-mapped is
+    fine: read in chunks): colour saturation, log edge energy, the share of pixels within 8 grey levels of
+    the commonest one, mean brightness, contrast. Junk that an encoder maps among the photographs -- blank
+    frames, documents, shapes on a plain ground, noise, grayscale or blurred images -- stands out in them."""
+    out = []
+    for start in range(0, len(images), chunk):
+        rows = np.arange(start, min(start + chunk, len(images)))  # an index array: curate's Rows take no slices
+        im = np.asarray(images[rows], dtype=np.float32)  # (c, 3, S, S)
+        grey = im.mean(1)  # (c, S, S)
+        saturation = (im.max(1) - im.min(1)).mean((1, 2))
+        edges = (np.abs(np.diff(grey, axis=1)).mean((1, 2)) + np.abs(np.diff(grey, axis=2)).mean((1, 2))) / 2
+        flat_grey = grey.reshape(len(grey), -1)  # (c, S*S)
+        bins = np.clip((flat_grey // 16).astype(np.int64), 0, 15)
+        mode = np.array([np.bincount(b, minlength=16).argmax() for b in bins]) * 16.0 + 8.0  # (c,)
+        flat = (np.abs(flat_grey - mode[:, None]) <= 8).mean(1)
+        out.append(np.stack([saturation, np.log1p(edges), flat, grey.mean((1, 2)), grey.std((1, 2))], 1))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 5), np.float32)
+
+
+def pixel_score(images, seed: int = 0) -> np.ndarray:
+    """Robust Mahalanobis distance ``(N,)`` of each image's :func:`image_statistics` from the folder's own:
+    a minimum-covariance-determinant fit (scikit-learn) on a seeded sample, so a batch of junk does not
+    pull the fit towards itself."""
+    from sklearn.covariance import MinCovDet
+
+    stats = image_statistics(images).astype(np.float64)  # (N, 5)
+    if len(stats) < 3 * stats.shape[1]:  # too few images to estimate a spread
+        return np.zeros(len(stats), dtype=np.float32)
+    fit = np.random.default_rng(seed).choice(len(stats), min(len(stats), STATS_FIT_SAMPLE), replace=False)
+    stats = stats + np.random.default_rng(seed).normal(0, 1e-6, stats.shape)  # identical rows make MCD singular
+    model = MinCovDet(random_state=seed).fit(stats[fit])
+    return np.sqrt(model.mahalanobis(stats)).astype(np.float32)

@@ -1,0 +1,307 @@
+"""Every curation method and constant chosen leave-one-set-out on the planted sets of bench/curate_sets.py.
+
+    python bench/curate_loso.py [--encoders weak strong] [--cache runs/curate_sets] [--out bench/results/...json]
+
+For each planted set and encoder, the cached embeddings and out-of-fold probe probabilities are scored with
+every candidate (outlier scores, label-issue rules, flag thresholds for the selection and the duplicate
+check). Then, for each set in turn, the candidate with the best mean objective over the *other* sets (both
+encoders) is chosen and reported on the held-out set: no figure is measured on a set its method was chosen
+on. Sets are printed worst first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from curate_sets import CACHE, SETS, load_set  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------------
+# Outliers
+
+
+def mean_direction(x: np.ndarray, trim: float = 0.0, rounds: int = 3) -> np.ndarray:
+    """Cosine distance ``(N,)`` from the mean direction, refitted without the ``trim`` share farthest."""
+    keep = np.ones(len(x), bool)
+    for _ in range(rounds if trim else 1):
+        centre = x[keep].sum(0, dtype=np.float64)
+        centre /= np.linalg.norm(centre)
+        d = 1.0 - x @ centre.astype(np.float32)
+        keep = d <= np.quantile(d, 1 - trim)
+    return d
+
+
+def shrunk_mahalanobis(x: np.ndarray, estimator: str, trim: float = 0.0) -> np.ndarray:
+    from sklearn.covariance import OAS, LedoitWolf
+
+    keep = np.ones(len(x), bool)
+    for _ in range(3 if trim else 1):
+        model = (LedoitWolf if estimator == "lw" else OAS)(assume_centered=False).fit(x[keep])
+        d = model.mahalanobis(x)
+        keep = d <= np.quantile(d, 1 - trim)
+    return np.sqrt(d)
+
+
+def outlier_candidates(x: np.ndarray, sims: np.ndarray, pixel: np.ndarray) -> dict[str, np.ndarray]:
+    """Every candidate score ``(N,)``; ``sims`` ``(N, 20)``: neighbour similarities, most similar first;
+    ``pixel``: :func:`crlf.curate.outliers.pixel_score`. (A wide neighbourhood, the mean similarity to the
+    nearest 1-5 % of the folder, scored no better than 20 neighbours on batches: dropped.)"""
+    from crlf.curate.outliers import global_score, local_score, robust_z
+
+    c = {"shipped_before": np.maximum(robust_z(global_score(x)), robust_z(local_score(sims)) - 3.0)}
+    for trim in (0.0, 0.1):
+        c[f"angle_trim{trim}"] = mean_direction(x, trim)
+    for k in (5, 20):
+        c[f"knn{k}"] = 1.0 - sims[:, :k].mean(1)
+    for est in ("lw", "oas"):
+        c[f"{est}"] = shrunk_mahalanobis(x, est)
+    angle = robust_z(c["angle_trim0.0"])
+    c["angle+lw"] = angle + robust_z(c["lw"])
+    c["max(angle,knn20-3)"] = np.maximum(angle, robust_z(c["knn20"]) - 3)
+    # Two-sided: a batch of one plain kind of junk is a cluster far tighter than any natural class, so its
+    # neighbours are abnormally *close*; a lone oddity's are abnormally far.
+    for k in (5, 20):
+        z = robust_z(c[f"knn{k}"])
+        c[f"|knn{k}|"] = np.abs(z)
+        for margin in (0.0, 1.0, 2.0):
+            c[f"max(angle,|knn{k}|-{margin})"] = np.maximum(angle, np.abs(z) - margin)
+    # Pixel statistics (crlf.curate.outliers.pixel_score), alone and with the embedding scores.
+    c["pixel"] = pixel
+    p, far20 = robust_z(pixel), robust_z(c["knn20"])
+    for margin in (0.0, 2.0, 4.0, 8.0):
+        c[f"max(angle,pixel-{margin})"] = np.maximum(angle, p - margin)
+        c[f"max(angle,knn20-3,pixel-{margin})"] = np.maximum.reduce([angle, far20 - 3, p - margin])
+    c["angle+pixel"] = angle + p
+    return c
+
+
+def outlier_metrics(score: np.ndarray, truth: dict) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    planted = np.zeros(len(score), bool)
+    planted[truth["batch"] + truth["lone"]] = True
+    page = np.argsort(-score, kind="stable")[: 2 * planted.sum()]
+    batch = np.zeros(len(score), bool)
+    batch[truth["batch"]] = True
+    out = {"auroc": float(roc_auc_score(planted, score)), "page_share": float(planted[page].mean() * 2),
+           "planted": int(planted.sum())}
+    if batch.any():
+        out["auroc_batch"] = float(roc_auc_score(batch[~planted | batch], score[~planted | batch]))
+    return out
+
+
+def outlier_objective(m: dict) -> float:
+    return (m["auroc"] + m["page_share"]) / 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Label issues
+
+
+def label_truth(truth: dict, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scored rows: clean images and copies, junk left out; wrong: the given label is not the true one)."""
+    n = len(labels)
+    true = np.full(n, -1)
+    true[: truth["clean"]] = truth["true_label"]
+    for src, copy in truth["copies"]:
+        true[copy] = true[src]
+    scored = true >= 0
+    return scored, scored & (labels != true)
+
+
+def label_candidates(probs: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    from crlf.curate.label_issues import (
+        class_thresholds,
+        estimated_issue_count,
+        find_label_issues,
+        rank_by_margin,
+    )
+
+    above = probs >= class_thresholds(probs, y)[None, :]  # the rule before issue 27: confidently of another class
+    confident = np.where(above, probs, -1.0).argmax(1)
+    out = {"before": np.flatnonzero(above.any(1) & (confident != y))}
+    count, ranked = estimated_issue_count(probs, y), rank_by_margin(probs, y)
+    out["count_uncapped"] = ranked[:count]
+    for cap in (0.05, 0.1, 0.2):
+        out[f"count_cap{cap}"] = ranked[: min(count, int(cap * len(y)))]
+    for share in (0.005, 0.01, 0.02):
+        out[f"top{share}"] = ranked[: min(count, int(share * len(y)))]
+    out["shipped"] = find_label_issues(probs, y).rows
+    return out
+
+
+def label_objective(m: dict) -> float:
+    """F1 of the flags against the wrong labels."""
+    return 2 * m["precision"] * m["recall"] / max(m["precision"] + m["recall"], 1e-9)
+
+
+def label_metrics(flagged: np.ndarray, scored: np.ndarray, wrong: np.ndarray) -> dict:
+    f = np.zeros(len(scored), bool)
+    f[flagged] = True
+    hits = int((f & wrong).sum())
+    return {"flagged": int(f.sum()), "flagged_junk": int((f & ~scored).sum()), "wrong": int(wrong.sum()),
+            "precision": hits / max(int((f & scored).sum()), 1), "recall": hits / max(int(wrong.sum()), 1),
+            "planted_rate": float(wrong.sum() / scored.sum())}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Duplicates: the pixel checks once per candidate pair, then every rule on the stored values
+
+
+def flat_share(images: np.ndarray) -> np.ndarray:
+    """Share ``(N,)`` of each image's pixels within 8 grey levels of its commonest grey level: near 1 for a
+    blank frame, 0.5-0.9 for a shape on a plain ground or a document, rarely over 0.5 for a photograph."""
+    grey = np.asarray(images, dtype=np.float32).mean(1).reshape(len(images), -1)  # (N, S*S)
+    bins = np.clip((grey // 16).astype(np.int64), 0, 15)
+    mode = np.array([np.bincount(b, minlength=16).argmax() for b in bins]) * 16 + 8
+    return (np.abs(grey - mode[:, None]) <= 8).mean(1)
+
+
+def duplicate_pairs(images: np.ndarray, x: np.ndarray, g, truth: dict) -> dict:
+    from crlf.curate import DUP_THRESHOLD
+    from crlf.curate.duplicates import candidate_pairs, exact_pairs, pixel_similarity, structure_similarity
+
+    pairs = candidate_pairs(g.similarities, g.indices, DUP_THRESHOLD)
+    exact = {tuple(p) for p in exact_pairs(images).tolist()}
+    pairs = np.array([p for p in pairs.tolist() if tuple(p) not in exact], dtype=np.int64).reshape(-1, 2)
+    pix = pixel_similarity(images, pairs)
+    ncc, edge = np.full(len(pairs), -1.0), np.full(len(pairs), -1.0)
+    passed = pix >= 0.85
+    if passed.any():
+        ncc[passed], edge[passed] = structure_similarity(images, pairs[passed])
+    copy_pairs = {tuple(sorted(p)) for p in truth["copies"]}
+    junk = np.zeros(len(x), bool)
+    junk[truth["batch"] + truth["lone"]] = True
+    return {"pairs": pairs, "pix": pix, "ncc": ncc, "edge": edge,
+            "true": np.array([tuple(p) in copy_pairs for p in pairs.tolist()], bool),
+            "junk": junk[pairs].all(1), "flat": flat_share(images)[pairs].min(1),
+            "near_planted": len(truth["near"])}
+
+
+FLAG_ZS = (2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
+
+
+def dup_rules(d: dict, flagged: np.ndarray) -> dict[str, dict]:
+    """Pair-level results of each rule: planted near pairs confirmed (recall), pairs of two different junk
+    images confirmed, pairs confirmed that no truth lists (CIFAR-10's own near-copies, or mistakes)."""
+    from crlf.curate import EDGE_THRESHOLD, PIXEL_THRESHOLD
+
+    base = (d["pix"] >= PIXEL_THRESHOLD) & (d["ncc"] >= PIXEL_THRESHOLD) & (d["edge"] >= EDGE_THRESHOLD)
+    is_flagged = np.zeros(int(d["pairs"].max(initial=0)) + 1, bool)
+    is_flagged[flagged[flagged < len(is_flagged)]] = True
+    either = is_flagged[d["pairs"]].any(1) if len(d["pairs"]) else np.zeros(0, bool)
+    both = is_flagged[d["pairs"]].all(1) if len(d["pairs"]) else np.zeros(0, bool)
+    rules = {"before": base, "no_flagged": base & ~either, "not_both_flagged": base & ~both}
+    for flat in (0.5, 0.6, 0.7):
+        for pix, edge in ((0.95, 0.9), (0.97, 0.95)):
+            plain = d["flat"] >= flat
+            rules[f"plain{flat}_pix{pix}_edge{edge}"] = base & (~plain | ((d["pix"] >= pix) & (d["edge"] >= edge)))
+    return {name: {"near_recall": float((hit & d["true"]).sum() / max(d["near_planted"], 1)),
+                   "junk_pairs": int((hit & d["junk"]).sum()), "unlisted_pairs": int((hit & ~d["true"] & ~d["junk"]).sum())}
+            for name, hit in rules.items()}
+
+
+def flags_and_selection(x: np.ndarray, score: np.ndarray, truth: dict, budget: int = 100) -> dict:
+    from crlf.curate.outliers import flagged_outliers
+    from crlf.curate.select import select
+
+    planted = np.zeros(len(x), bool)
+    planted[truth["batch"] + truth["lone"]] = True
+    out = {}
+    for z in FLAG_ZS:
+        flags = flagged_outliers(score, 0.01, z)
+        picks = select(x, budget, "typical", 0, flags)
+        out[str(z)] = {"flagged": len(flags), "planted_flagged": float(planted[flags].mean() if len(flags) else 0),
+                       "recall": float(planted[flags].sum() / planted.sum()),
+                       "normal_flagged_share": float((~planted[flags]).sum() / (~planted).sum()),
+                       "planted_in_selection": int(planted[picks].sum())}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def score_set(name: str, encoder: str, cache: Path, phase2: bool = False) -> dict:
+    from crlf.curate.graph import knn_graph
+
+    s = load_set(cache, name, encoder)
+    x, truth, y = s["x"], s["truth"], s["labels"]
+    t0 = time.perf_counter()
+    g = knn_graph(x, 20, progress=False)
+    res = {"n": len(x), "graph_s": time.perf_counter() - t0, "outliers": {}, "labels": {}}
+    from crlf.curate.outliers import pixel_score
+
+    pixel = pixel_score(s["images"])
+    for cname, score in outlier_candidates(x, g.similarities, pixel).items():
+        res["outliers"][cname] = outlier_metrics(np.asarray(score, np.float64), truth)
+    if phase2:
+        from crlf.curate.outliers import flagged_outliers, outlier_scores
+
+        score = outlier_scores(x, g.similarities, s["images"])
+        res["flags"] = flags_and_selection(x, score, truth)
+        d = duplicate_pairs(np.asarray(s["images"]), x, g, truth)
+        res["duplicates"] = {str(z): dup_rules(d, flagged_outliers(score, 0.01, z)) for z in FLAG_ZS}
+        res["duplicates"]["candidates"] = len(d["pairs"])
+    if s["probs"] is None:
+        return res
+    from crlf.curate.label_issues import estimated_issue_count
+
+    scored, wrong = label_truth(truth, y)
+    res["probe_accuracy"] = float((s["probs"].argmax(1) == y).mean())
+    res["estimated_wrong"] = estimated_issue_count(s["probs"], y)
+    for cname, rows in label_candidates(s["probs"], y).items():
+        res["labels"][cname] = label_metrics(rows, scored, wrong)
+    return res
+
+
+def leave_one_set_out(results: dict, section: str, objective) -> dict:
+    """Per held-out set: the candidate with the best mean objective over the other sets (every encoder)."""
+    sets = sorted({s for s, _ in results})
+    chosen = {}
+    for held in sets:
+        cands = next(iter(results.values()))[section].keys()
+        means = {c: np.mean([objective(r[section][c]) for (s, _), r in results.items() if s != held]) for c in cands}
+        chosen[held] = max(means, key=means.get)
+    return chosen
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--encoders", nargs="+", default=["weak", "strong"])
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--sets", nargs="*", default=[])
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "curate_loso_2026-12-07.json")
+    args = p.parse_args(argv)
+    results = {}
+    for spec in SETS:
+        for enc in args.encoders:
+            if (args.sets and spec.name not in args.sets) or not (args.cache / spec.name / f"{enc}.npy").is_file():
+                continue
+            results[(spec.name, enc)] = score_set(spec.name, enc, args.cache)
+            print(f"scored {spec.name} {enc}", flush=True)
+    out = {"per_set": {f"{s}/{e}": r for (s, e), r in results.items()}}
+    chosen = leave_one_set_out(results, "outliers", outlier_objective)
+    rows = []
+    for (s, e), r in results.items():
+        m = r["outliers"][chosen[s]]
+        rows.append((outlier_objective(m), s, e, chosen[s], m))
+    print("\noutliers, leave-one-set-out (worst first)")
+    for _, s, e, c, m in sorted(rows, key=lambda t: t[0]):
+        print(f"{s:>16} {e:>6} {c:>28}  AUROC {m['auroc']:.3f}  first page {m['page_share']:.2f} of {m['planted']}")
+    out["outliers_loso"] = [{"set": s, "encoder": e, "chosen": c, **m} for _, s, e, c, m in sorted(rows, key=lambda t: t[0])]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
