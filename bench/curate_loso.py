@@ -55,15 +55,16 @@ def outlier_candidates(x: np.ndarray, sims: np.ndarray, pixel: np.ndarray) -> di
     """Every candidate score ``(N,)``; ``sims`` ``(N, 20)``: neighbour similarities, most similar first;
     ``pixel``: :func:`crlf.curate.outliers.pixel_score`. (A wide neighbourhood, the mean similarity to the
     nearest 1-5 % of the folder, scored no better than 20 neighbours on batches: dropped.)"""
-    from crlf.curate.outliers import global_score, local_score, robust_z
+    from crlf.curate.outliers import angle_score, local_score, mahalanobis_score, robust_z
 
-    c = {"shipped_before": np.maximum(robust_z(global_score(x)), robust_z(local_score(sims)) - 3.0)}
+    mahal = robust_z(mahalanobis_score(x))  # the robust fit of issue 19 (trimmed, eigenvalues floored)
+    global_before = robust_z(mahal + robust_z(angle_score(x)))
+    c = {"shipped_before": np.maximum(global_before, robust_z(local_score(sims)) - 3.0)}
     for trim in (0.0, 0.1):
         c[f"angle_trim{trim}"] = mean_direction(x, trim)
     for k in (5, 20):
         c[f"knn{k}"] = 1.0 - sims[:, :k].mean(1)
-    for est in ("lw", "oas"):
-        c[f"{est}"] = shrunk_mahalanobis(x, est)
+    c["lw"] = shrunk_mahalanobis(x, "lw")  # OAS scored the same as Ledoit-Wolf to the third decimal: dropped
     angle = robust_z(c["angle_trim0.0"])
     c["angle+lw"] = angle + robust_z(c["lw"])
     c["max(angle,knn20-3)"] = np.maximum(angle, robust_z(c["knn20"]) - 3)
@@ -81,6 +82,8 @@ def outlier_candidates(x: np.ndarray, sims: np.ndarray, pixel: np.ndarray) -> di
         c[f"max(angle,pixel-{margin})"] = np.maximum(angle, p - margin)
         c[f"max(angle,knn20-3,pixel-{margin})"] = np.maximum.reduce([angle, far20 - 3, p - margin])
     c["angle+pixel"] = angle + p
+    for margin in (0.0, 2.0, 4.0):
+        c[f"max(angle,knn20-3,pixel,mahal-{margin})"] = np.maximum.reduce([angle, far20 - 3, p, mahal - margin])
     return c
 
 
@@ -187,6 +190,7 @@ def duplicate_pairs(images: np.ndarray, x: np.ndarray, g, truth: dict) -> dict:
             "near_planted": len(truth["near"])}
 
 
+MAX_PAIRS = 60_000  # candidate pairs the pixel checks are run on here (a weak encoder proposes far more on 50k)
 FLAG_ZS = (2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
 
 
@@ -248,9 +252,14 @@ def score_set(name: str, encoder: str, cache: Path, phase2: bool = False) -> dic
 
         score = outlier_scores(x, g.similarities, s["images"])
         res["flags"] = flags_and_selection(x, score, truth)
-        d = duplicate_pairs(np.asarray(s["images"]), x, g, truth)
-        res["duplicates"] = {str(z): dup_rules(d, flagged_outliers(score, 0.01, z)) for z in FLAG_ZS}
-        res["duplicates"]["candidates"] = len(d["pairs"])
+        from crlf.curate import DUP_THRESHOLD
+        from crlf.curate.duplicates import candidate_pairs
+
+        res["duplicate_candidates"] = len(candidate_pairs(g.similarities, g.indices, DUP_THRESHOLD))
+        if res["duplicate_candidates"] <= MAX_PAIRS:
+            d = duplicate_pairs(np.asarray(s["images"]), x, g, truth)
+            res["duplicates"] = {f"flag{z}|{rule}": m for z in FLAG_ZS
+                                 for rule, m in dup_rules(d, flagged_outliers(score, 0.01, z)).items()}
     if s["probs"] is None:
         return res
     from crlf.curate.label_issues import estimated_issue_count
@@ -265,41 +274,86 @@ def score_set(name: str, encoder: str, cache: Path, phase2: bool = False) -> dic
 
 def leave_one_set_out(results: dict, section: str, objective) -> dict:
     """Per held-out set: the candidate with the best mean objective over the other sets (every encoder)."""
-    sets = sorted({s for s, _ in results})
     chosen = {}
-    for held in sets:
-        cands = next(iter(results.values()))[section].keys()
-        means = {c: np.mean([objective(r[section][c]) for (s, _), r in results.items() if s != held]) for c in cands}
+    for held in sorted({s for s, _ in results}):
+        others = [r[section] for (s, _), r in results.items() if s != held and section in r]
+        means = {c: np.mean([objective(o[c]) for o in others]) for c in others[0]}
         chosen[held] = max(means, key=means.get)
     return chosen
 
 
+def flag_objective(m: dict) -> float:
+    """No planted image in the selection first; then as few ordinary images flagged as possible."""
+    return -m["planted_in_selection"] - 10 * m["normal_flagged_share"]
+
+
+def duplicate_objective(m: dict) -> float:
+    """Near-copy recall, less a heavy price for every pair of two different junk images called copies."""
+    return m["near_recall"] - 0.05 * m["junk_pairs"]
+
+
+SECTIONS = {"outliers": (outlier_objective, "AUROC {auroc:.3f}  first page {page_share:.2f} of {planted}"),
+            "labels": (label_objective, "flagged {flagged} (junk {flagged_junk}) of {wrong} wrong: precision "
+                                        "{precision:.3f} recall {recall:.3f}"),
+            "flags": (flag_objective, "flagged {flagged}: recall {recall:.2f}, ordinary flagged "
+                                      "{normal_flagged_share:.3f}, planted in the selection {planted_in_selection}"),
+            "duplicates": (duplicate_objective, "near recall {near_recall:.3f}, junk pairs {junk_pairs}, "
+                                                "unlisted pairs {unlisted_pairs}")}
+
+
+def report(results: dict) -> dict:
+    """Leave-one-set-out choice per section; each set's figures under the choice made without it, worst first."""
+    out = {}
+    for section, (objective, line) in SECTIONS.items():
+        have = {k: r for k, r in results.items() if r.get(section)}
+        if not have:
+            continue
+        chosen = leave_one_set_out(have, section, objective)
+        rows = sorted(((objective(r[section][chosen[s]]), s, e, chosen[s], r[section][chosen[s]])
+                       for (s, e), r in have.items()), key=lambda t: t[0])
+        print(f"\n{section}, leave-one-set-out (worst first)")
+        for _, s, e, c, m in rows:
+            extra = f" (probe {have[(s, e)]['probe_accuracy']:.2f})" if section == "labels" else ""
+            print(f"{s:>16} {e:>6}{extra} {c:>36}  " + line.format(**m))
+        out[section] = [{"set": s, "encoder": e, "chosen": c, **m} for _, s, e, c, m in rows]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("step", choices=["score", "report"])
     p.add_argument("--encoders", nargs="+", default=["weak", "strong"])
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--sets", nargs="*", default=[])
+    p.add_argument("--phase2", action="store_true", help="also score the shipped outlier score's flags (the "
+                   "selection) and the duplicate rules; run after the outlier score is chosen")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "curate_loso_2026-12-07.json")
     args = p.parse_args(argv)
-    results = {}
-    for spec in SETS:
+    name = "phase2" if args.phase2 else "scores"
+    if args.step == "score":
         for enc in args.encoders:
-            if (args.sets and spec.name not in args.sets) or not (args.cache / spec.name / f"{enc}.npy").is_file():
-                continue
-            results[(spec.name, enc)] = score_set(spec.name, enc, args.cache)
-            print(f"scored {spec.name} {enc}", flush=True)
-    out = {"per_set": {f"{s}/{e}": r for (s, e), r in results.items()}}
-    chosen = leave_one_set_out(results, "outliers", outlier_objective)
-    rows = []
-    for (s, e), r in results.items():
-        m = r["outliers"][chosen[s]]
-        rows.append((outlier_objective(m), s, e, chosen[s], m))
-    print("\noutliers, leave-one-set-out (worst first)")
-    for _, s, e, c, m in sorted(rows, key=lambda t: t[0]):
-        print(f"{s:>16} {e:>6} {c:>28}  AUROC {m['auroc']:.3f}  first page {m['page_share']:.2f} of {m['planted']}")
-    out["outliers_loso"] = [{"set": s, "encoder": e, "chosen": c, **m} for _, s, e, c, m in sorted(rows, key=lambda t: t[0])]
+            path = args.cache / f"{name}_{enc}.json"
+            done = json.loads(path.read_text()) if path.is_file() else {}
+            for spec in SETS:
+                if (args.sets and spec.name not in args.sets) or not (args.cache / spec.name / f"{enc}.npy").is_file():
+                    continue
+                t0 = time.perf_counter()
+                done[spec.name] = score_set(spec.name, enc, args.cache, args.phase2)
+                path.write_text(json.dumps(done))
+                print(f"scored {spec.name} {enc} in {time.perf_counter() - t0:.0f} s", flush=True)
+        return 0
+    results = {}
+    for path in sorted(args.cache.glob("scores_*.json")):
+        enc = path.stem.split("_", 1)[1]
+        phase2 = args.cache / f"phase2_{enc}.json"
+        extra = json.loads(phase2.read_text()) if phase2.is_file() else {}
+        for set_name, r in json.loads(path.read_text()).items():
+            r |= {k: v for k, v in extra.get(set_name, {}).items() if k in ("flags", "duplicates")}
+            results[(set_name, enc)] = r
+    out = {"per_set": {f"{s}/{e}": r for (s, e), r in results.items()}, "leave_one_set_out": report(results)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
     return 0
 
 

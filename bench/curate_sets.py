@@ -236,13 +236,13 @@ def build(args) -> None:
 
 def embed(args) -> None:
     """Unit embeddings and out-of-fold probe probabilities of every built set with one run's encoder."""
+    import torch
+
     from crlf.config import load_run_config
     from crlf.curate.graph import unit
     from crlf.curate.label_issues import out_of_fold_probabilities
     from crlf.evaluate import extract_features, freeze
     from crlf.models.backbones import load_encoder
-
-    import torch
 
     torch.set_num_threads(args.threads)  # 1 on a shared 2-core machine: the probe's L-BFGS is 5x faster than with 2
     cfg = load_run_config(args.run)

@@ -218,13 +218,16 @@ def gallery_groups(groups, limit: int) -> list[list[tuple[int, bool, float]]]:
 def _cards(summary: dict) -> list[tuple[str, str]]:
     cards = [("images", f"{summary['images']:,}"), ("skipped (undecodable)", str(len(summary["skipped"]))),
              ("duplicate groups", str(summary["duplicate_groups"])),
-             ("duplicates to remove", str(summary["duplicates_to_remove"]))]
+             ("duplicates to remove", str(summary["duplicates_to_remove"])),
+             ("outliers flagged (kept out of groups and the selection)", str(summary["outliers_flagged"]))]
     if "selection" in summary:
         cards.append((f"selected ({summary['selection']['strategy']})", str(summary["selection"]["n"])))
     if "label_issues" in summary:
         li = summary["label_issues"]
-        cards += [("label issues", str(li["flagged"])), ("probe accuracy (cross-validated)",
-                                                         f"{li['cross_validated_accuracy']:.1%}")]
+        cards += [("label issues" + (" (encoder too weak to tell: most confident only)" if li["too_weak_to_tell"]
+                                     else ""), str(li["flagged"])),
+                  ("wrong labels, estimated", str(li["estimated_wrong"])),
+                  ("probe accuracy (cross-validated)", f"{li['cross_validated_accuracy']:.1%}")]
     cards.append(("total time", f"{summary['times_s']['total_s']:.0f} s"))
     return cards
 
