@@ -131,8 +131,8 @@ def test_demo_serves_the_classes_of_a_saved_probe(tiny_run, classified):
 def test_demo_refuses_a_probe_of_another_width(tiny_run, tmp_path, capsys):
     import torch
 
-    from crlf.curate.probe_file import save_probe
     from crlf.evaluate import LinearProbe
+    from crlf.probe_file import save_probe
 
     probe = LinearProbe(torch.zeros(2, 7), torch.zeros(2), torch.zeros(7), torch.ones(7), 0.0, {})
     save_probe(tmp_path / "p.safetensors", probe, ["a", "b"], {})

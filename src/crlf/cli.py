@@ -370,7 +370,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         print(summary_line(curate(args.run_dir, args.data, args.out, CurateOptions.from_args(args)), args.out))
     elif args.command == "classify":
-        from crlf.curate.classify import classify_command
+        from crlf.classify import classify_command
 
         classify_command(args.run_dir, args.labelled, args.data, args.out, args.save_probe, args.probe, args.seed,
                          args.device, progress=not args.quiet)

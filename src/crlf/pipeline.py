@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from crlf.config import apply_overrides, load_run_config, to_dict
-from crlf.curate.probe_file import save_probe
 from crlf.data.sources import balanced_subset, load_dataset
 from crlf.downstream.finetune import finetune_metrics
 from crlf.downstream.metrics import default_extra_metrics
@@ -19,6 +18,7 @@ from crlf.export import save_array
 from crlf.io import atomic_write_json
 from crlf.model_card import write_model_card
 from crlf.models.backbones import load_encoder
+from crlf.probe_file import save_probe
 from crlf.run_files import read_history
 from crlf.runtime import environment_record, resolve_device
 from crlf.tensorboard import write_projector
