@@ -205,6 +205,10 @@ def dup_rules(d: dict, flagged: np.ndarray) -> dict[str, dict]:
     either = is_flagged[d["pairs"]].any(1) if len(d["pairs"]) else np.zeros(0, bool)
     both = is_flagged[d["pairs"]].all(1) if len(d["pairs"]) else np.zeros(0, bool)
     rules = {"before": base, "no_flagged": base & ~either, "not_both_flagged": base & ~both}
+    plain_flagged = d["flat"] >= 0.5
+    if len(d["pairs"]):
+        plain_flagged &= both
+    rules["plain0.5_flagged_pix0.97_edge0.95"] = base & (~plain_flagged | ((d["pix"] >= 0.97) & (d["edge"] >= 0.95)))
     for flat in (0.5, 0.6, 0.7):
         for pix, edge in ((0.95, 0.9), (0.97, 0.95)):
             plain = d["flat"] >= flat
@@ -283,8 +287,9 @@ def leave_one_set_out(results: dict, section: str, objective) -> dict:
 
 
 def flag_objective(m: dict) -> float:
-    """No planted image in the selection first; then as few ordinary images flagged as possible."""
-    return -m["planted_in_selection"] - 10 * m["normal_flagged_share"]
+    """No planted image in the selection first; then as few ordinary images kept out as possible (a share
+    under 1 weighs less than one planted image)."""
+    return -m["planted_in_selection"] - m["normal_flagged_share"]
 
 
 def duplicate_objective(m: dict) -> float:
@@ -306,6 +311,11 @@ def report(results: dict) -> dict:
     out = {}
     for section, (objective, line) in SECTIONS.items():
         have = {k: r for k, r in results.items() if r.get(section)}
+        if section == "duplicates":  # the rules at the shipped flag threshold (each rule once)
+            from crlf.curate.outliers import FLAG_Z
+
+            have = {k: r | {section: {c.split("|")[1]: m for c, m in r[section].items()
+                                      if c.startswith(f"flag{FLAG_Z}|")}} for k, r in have.items()}
         if not have:
             continue
         chosen = leave_one_set_out(have, section, objective)

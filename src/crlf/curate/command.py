@@ -139,7 +139,7 @@ def curate_embeddings(x: np.ndarray, images, files: list[str], labels: np.ndarra
     t = time.perf_counter()
     score = outlier_scores(x, graph.similarities, images)  # (N,)
     ranked = np.argsort(-score, kind="stable")
-    unusual = flagged_outliers(score, options.outlier_fraction)  # rows kept out of groups and the selection
+    unusual = flagged_outliers(score, options.outlier_fraction)  # out of the selection; strict copy checks
     write_csv(out / "outliers.csv", ["file", "score"], [(files[i], f"{score[i]:.4f}") for i in ranked])
     times["outliers_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -219,7 +219,7 @@ def _cards(summary: dict) -> list[tuple[str, str]]:
     cards = [("images", f"{summary['images']:,}"), ("skipped (undecodable)", str(len(summary["skipped"]))),
              ("duplicate groups", str(summary["duplicate_groups"])),
              ("duplicates to remove", str(summary["duplicates_to_remove"])),
-             ("outliers flagged (kept out of groups and the selection)", str(summary["outliers_flagged"]))]
+             ("unusual images kept out of the selection", str(summary["outliers_flagged"]))]
     if "selection" in summary:
         cards.append((f"selected ({summary['selection']['strategy']})", str(summary["selection"]["n"])))
     if "label_issues" in summary:

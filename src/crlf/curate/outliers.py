@@ -120,7 +120,7 @@ def outlier_scores(embeddings: np.ndarray, sims: np.ndarray, images=None) -> np.
     return np.maximum.reduce(parts).astype(np.float32)
 
 
-FLAG_Z = 3.5  # outlier score from which an image is flagged: kept out of duplicate groups and the selection
+FLAG_Z = 2.5  # outlier score from which an image is kept out of the selection: bench/curate_loso.py
 
 
 def flagged_outliers(score: np.ndarray, min_share: float = 0.01, flag_z: float = FLAG_Z) -> np.ndarray:
