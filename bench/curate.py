@@ -1,4 +1,6 @@
-"""Curation measured on CIFAR-10 (JPEG copy) with injected faults whose truth is known (issue 19).
+"""Curation measured on CIFAR-10 (JPEG copy) with injected faults whose truth is known (issue 19); for the
+planted sets of several sizes and kinds of junk scored leave-one-set-out (issue 27) see curate_sets.py and
+curate_loso.py.
 
     python bench/curate.py --run runs/budget20 [--data ../shared/data/cifar10-jpeg.tar.gz] [--base 50000]
         [--synthetic 1000000] [--out bench/results/curate_<date>.json]

@@ -64,7 +64,7 @@ def test_classify_predicts_every_image_with_top3(classified, folders, capsys):
 
 
 def test_predictions_from_a_probe_on_separable_features_are_right_with_ranked_runners_up():
-    from crlf.curate.classify import predict_rows
+    from crlf.classify import predict_rows
     from crlf.evaluate import train_linear_probe
 
     rng = np.random.default_rng(0)
@@ -150,8 +150,8 @@ def test_demo_serves_the_classes_of_a_saved_probe(tiny_run, classified):
 def test_demo_refuses_a_probe_of_another_width(tiny_run, tmp_path, capsys):
     import torch
 
-    from crlf.curate.probe_file import save_probe
     from crlf.evaluate import LinearProbe
+    from crlf.probe_file import save_probe
 
     probe = LinearProbe(torch.zeros(2, 7), torch.zeros(2), torch.zeros(7), torch.ones(7), 0.0, {})
     save_probe(tmp_path / "p.safetensors", probe, ["a", "b"], {})

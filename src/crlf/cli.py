@@ -185,16 +185,13 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _curate(args: argparse.Namespace) -> None:
-    from crlf.curate.command import curate, summary_line
+    from crlf.curate.command import CurateOptions, curate, summary_line
 
-    summary = curate(args.run_dir, args.data, args.out, args.select, args.strategy, args.seed, args.labels,
-                     args.dup_threshold, args.pixel_threshold, args.exclude_outliers, device=args.device,
-                     progress=not args.quiet, edge_threshold=args.edge_threshold)
-    print(summary_line(summary, args.out))
+    print(summary_line(curate(args.run_dir, args.data, args.out, CurateOptions.from_args(args)), args.out))
 
 
 def _classify(args: argparse.Namespace) -> None:
-    from crlf.curate.classify import classify_command
+    from crlf.classify import classify_command
 
     classify_command(args.run_dir, args.labelled, args.data, args.out, args.save_probe, args.probe, args.seed,
                      args.device, progress=not args.quiet)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from crlf.config import apply_overrides, load_run_config, to_dict
-from crlf.curate.probe_file import save_probe
 from crlf.data.holdout import evaluation_splits
 from crlf.data.sources import load_dataset
 from crlf.downstream.finetune import finetune_metrics
@@ -18,6 +17,7 @@ from crlf.errors import UsageError
 from crlf.evaluate import evaluate_features, extract_features, freeze
 from crlf.io import atomic_write_json
 from crlf.models.backbones import load_encoder
+from crlf.probe_file import save_probe
 from crlf.publish.export import save_array
 from crlf.publish.model_card import write_model_card
 from crlf.run_files import read_history

@@ -31,7 +31,8 @@ def add_curate(sub) -> None:
                    help="correlation of the aligned thumbnails' edges that also must confirm it: tells two "
                         f"different objects on one plain background apart (default {EDGE_THRESHOLD})")
     p.add_argument("--exclude-outliers", type=float, default=0.01, metavar="FRACTION",
-                   help="share of most unusual images never selected (default 0.01)")
+                   help="share of the most unusual images never selected, besides every image whose outlier "
+                        "score reaches 2.5 robust z-units (default 0.01)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(_parser=p)

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from crlf.curate.outliers import typicality
 from crlf.errors import UsageError
 
 STRATEGIES = ("typical", "diverse", "random")
 TYPICALITY_K = 20  # neighbours for typicality inside a cluster, as in TypiClust
 MINIBATCH_FROM = 50  # clusters from which MiniBatchKMeans replaces KMeans (as TypiClust does for large budgets)
+ROWS_PER_BLOCK = 2048  # cluster members compared with the bank at once: a (2048, 8192) float32 block is 64 MiB
+
+
+def check_budget(n: int) -> None:
+    """``--select N`` needs N >= 1."""
+    if n < 1:
+        raise UsageError(f"--select must be >= 1 (got {n}).")
 
 
 def _kmeans(x: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -40,12 +48,13 @@ def _cluster_typicality(x: np.ndarray, bank_size: int = 8192, seed: int = 0) -> 
     bank = np.arange(m) if m <= bank_size else np.sort(np.random.default_rng(seed).choice(m, bank_size, replace=False))
     k = min(TYPICALITY_K, len(bank) - 1)
     out = np.empty(m)
-    for start in range(0, m, 2048):
-        sims = x[start:start + 2048] @ x[bank].T  # (c, B)
-        own = np.arange(start, min(start + 2048, m))[:, None] == bank[None, :]  # never one's own neighbour
+    for start in range(0, m, ROWS_PER_BLOCK):
+        stop = min(start + ROWS_PER_BLOCK, m)
+        sims = x[start:stop] @ x[bank].T  # (c, B)
+        own = np.arange(start, stop)[:, None] == bank[None, :]  # never one's own neighbour
         sims[own] = -np.inf
         top = -np.partition(-sims, k - 1, axis=1)[:, :k]  # (c, k) largest similarities
-        out[start:start + 2048] = 1.0 / (1.0 - top.mean(1) + 1e-6)
+        out[start:stop] = typicality(top)
     return out
 
 
@@ -85,9 +94,8 @@ def select(x: np.ndarray, n: int, strategy: str = "typical", seed: int = 0, excl
     rows in ``exclude`` (duplicates, outliers) are never chosen."""
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown --strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}.")
+    check_budget(n)
     allowed = np.setdiff1d(np.arange(len(x)), exclude if exclude is not None else [])
-    if n < 1:
-        raise UsageError(f"--select must be >= 1 (got {n}).")
     if n > len(allowed):
         raise UsageError(f"--select {n} asks for more images than the {len(allowed):,} left after removing "
                          f"duplicates and outliers; pass --select {len(allowed)} or fewer.")

@@ -107,9 +107,9 @@ class RunSearch:
 
     def __init__(self, run_dir: str | Path, data: str | None = None, device: str = "cpu", progress: bool = False,
                  probe: str | Path | None = None):
-        from crlf.curate.probe_file import load_probe, read_probe
         from crlf.data.sources import balanced_subset, load_dataset
         from crlf.models.backbones import load_encoder
+        from crlf.probe_file import load_probe, read_probe
 
         self.run_dir = run_dir = Path(run_dir)
         self.cfg = cfg = load_run_config(run_dir)

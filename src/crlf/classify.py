@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from crlf.curate.command import write_csv
-from crlf.curate.label_issues import out_of_fold_probabilities
-from crlf.curate.probe_file import load_probe, save_probe
+from crlf.curate.label_issues import out_of_fold_probabilities, probe_cross_validated_accuracy
 from crlf.curate.source import Images, embed_images, load_images, read_labels_csv, single_top
 from crlf.errors import UsageError
 from crlf.evaluate import LinearProbe, train_linear_probe
+from crlf.probe_file import load_probe, save_probe
 
 TOP = 3
 
@@ -104,7 +104,7 @@ def classify_command(run_dir: Path, labelled: str | None, data: str, out: Path, 
         present = np.unique(y)
         y, classes = np.searchsorted(present, y), [classes[c] for c in present]
         probs = out_of_fold_probabilities(x, y, len(classes), seed=seed, max_iter=200, progress=progress)
-        accuracy = float((probs.argmax(1) == y).mean())
+        accuracy = probe_cross_validated_accuracy(probs, y)
         folds = int(min(5, np.bincount(y).min()))
         probe = train_linear_probe(x, y, len(classes), seed=seed)
         info["cross_validated_accuracy"] = accuracy

@@ -1,6 +1,6 @@
 """A linear probe in a file: ``crlf classify --save-probe`` writes it, ``--probe`` and ``crlf demo --probe``
 read it. The format of a run's ``linear_probe.safetensors``: weight, bias, feature mean and std, the class
-names (and what made it) in the metadata. Kept apart from :mod:`crlf.curate.classify` so that
+names (and what made it) in the metadata. Kept apart from :mod:`crlf.classify` so that
 :mod:`crlf.serve.search` can read a probe without importing the curation commands."""
 
 from __future__ import annotations

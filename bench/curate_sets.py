@@ -1,0 +1,292 @@
+"""Planted curation sets of several sizes and kinds of junk, built once and embedded once (issue 27).
+
+    python bench/curate_sets.py build [--sets 1k-silhouettes 3k-grayscale ...] [--cache runs/curate_sets]
+    python bench/curate_sets.py embed --run runs/enc_weak --encoder weak [--cache runs/curate_sets]
+
+``build`` writes, per set, ``<cache>/<set>/images.npy`` ``(N, 3, 32, 32)`` uint8, ``labels.npy`` (the given,
+partly flipped labels) and ``truth.json`` (row numbers of each planted fault). Everything is made in
+memory from CIFAR-10 (JPEG copy): the clean images are a class-balanced sample of the training split; the
+photographic junk (grayscale, blurred) comes from the test split, so it is never a copy of a clean image.
+``embed`` adds ``<cache>/<set>/<encoder>.npy``, the run encoder's unit embeddings ``(N, D)``, and
+``<encoder>.probs.npy``, the out-of-fold probe probabilities that ``crlf curate`` computes: the costly parts,
+done once, so that :mod:`bench.curate_loso` can score every method and constant on the cached arrays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+DATA = str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+CACHE = REPO / "runs" / "curate_sets"
+NEAR, EXACT, FLIP = 0.02, 0.01, 0.05  # shares of the clean images: near-copied, exactly copied, label flipped
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """One planted set: ``base`` clean images; ``batch`` images of one junk kind; ``lone`` mixed lone junk."""
+
+    name: str
+    base: int
+    batch_kind: str | None
+    batch: int
+    lone: int
+    seed: int
+
+
+SETS = (
+    SetSpec("1k-lone", 1_000, None, 0, 12, 1),
+    SetSpec("1k-silhouettes", 1_000, "silhouette", 30, 5, 2),
+    SetSpec("3k-silhouettes", 3_100, "silhouette", 60, 0, 3),
+    SetSpec("3k-grayscale", 3_000, "grayscale", 60, 10, 4),
+    SetSpec("10k-screenshots", 10_000, "screenshot", 100, 20, 5),
+    SetSpec("10k-blurred", 10_000, "blurred", 100, 10, 6),
+    SetSpec("10k-text", 10_000, "text", 80, 0, 7),
+    SetSpec("50k-blank", 50_000, "blank", 150, 20, 8),
+)
+
+
+def colour(rng: np.random.Generator, low: int, high: int) -> tuple[int, int, int]:
+    return tuple(int(v) for v in rng.integers(low, high, 3))
+
+
+def silhouette(rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """Another domain, one plain kind: a light garment-like shape (trousers, shirt, bag, shoe) on black,
+    each with its own size, position, grey level and texture (the off-domain batch of issue 27)."""
+    pil = Image.new("RGB", (size, size), (0, 0, 0))
+    d = ImageDraw.Draw(pil)
+    fill = colour(rng, 120, 256) if rng.random() < 0.3 else (int(rng.integers(120, 256)),) * 3
+    cx, w, h = size // 2 + int(rng.integers(-3, 4)), int(rng.integers(10, 18)), int(rng.integers(18, 28))
+    top = int(rng.integers(2, size - h)) if size - h > 2 else 2
+    kind = int(rng.integers(4))
+    if kind == 0:  # trousers: a waistband and two legs
+        d.rectangle((cx - w // 2, top, cx + w // 2, top + 4), fill=fill)
+        gap = int(rng.integers(1, 4))
+        d.rectangle((cx - w // 2, top, cx - gap, top + h), fill=fill)
+        d.rectangle((cx + gap, top, cx + w // 2, top + h), fill=fill)
+    elif kind == 1:  # shirt: body and sleeves
+        d.rectangle((cx - w // 2, top + 3, cx + w // 2, top + h), fill=fill)
+        d.polygon([(cx - w // 2, top + 3), (cx - w // 2 - 6, top + 12), (cx - w // 2, top + 14)], fill=fill)
+        d.polygon([(cx + w // 2, top + 3), (cx + w // 2 + 6, top + 12), (cx + w // 2, top + 14)], fill=fill)
+    elif kind == 2:  # bag: a body and a handle
+        d.rectangle((cx - w // 2, top + h // 3, cx + w // 2, top + h), fill=fill)
+        d.arc((cx - w // 3, top, cx + w // 3, top + 2 * h // 3), 180, 360, fill=fill, width=2)
+    else:  # shoe: a sole and an upper
+        d.polygon([(cx - w, top + h), (cx + w // 2, top + h), (cx + w // 2, top + h - 6), (cx - 2, top + h // 2),
+                   (cx - w // 2, top + h // 2)], fill=fill)
+    arr = np.asarray(pil).astype(np.float32)
+    arr *= 1 + 0.08 * rng.normal(size=(size, size, 1))  # fabric texture on the garment, the ground stays black
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def screenshot(rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A light window with a coloured title bar and lines of dark "text" (each its own tint and layout)."""
+    pil = Image.new("RGB", (size, size), colour(rng, 215, 256))
+    draw = ImageDraw.Draw(pil)
+    bar = int(rng.integers(3, 7))
+    draw.rectangle((0, 0, size, bar), fill=colour(rng, 0, 200))
+    left = int(rng.integers(1, 6))
+    for y in range(bar + int(rng.integers(2, 5)), size - 2, int(rng.integers(3, 6))):
+        draw.line((left, y, int(rng.integers(left + 4, size - 1)), y), fill=colour(rng, 0, 80))
+    return np.asarray(pil)
+
+
+def text_frame(rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A document crop: two or three rows of rendered characters, dark on a pale page."""
+    pil = Image.new("RGB", (size, size), colour(rng, 200, 256))
+    draw = ImageDraw.Draw(pil)
+    ink = colour(rng, 0, 90)
+    for row in range(int(rng.integers(2, 4))):
+        draw.text((int(rng.integers(0, 4)), 1 + row * 10), "".join(rng.choice(list("abcdefghkmnoprstuwxyz"), 6)),
+                  fill=ink)
+    return np.asarray(pil)
+
+
+def blank_frame(rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A camera's empty frame: nearly black, nearly white or one flat colour, with sensor noise."""
+    base = rng.choice([rng.integers(0, 25), rng.integers(230, 256), rng.integers(0, 256)])
+    tint = np.clip(base + rng.integers(-10, 11, 3), 0, 255)
+    return np.clip(tint + rng.normal(0, rng.uniform(1, 6), (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def lone_outlier(i: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """One of several kinds of junk, each different: noise, a flat frame, a gradient, a checkerboard, text."""
+    kind = i % 5
+    if kind == 0:
+        return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    if kind == 1:
+        return np.clip(rng.integers(0, 256, 3) + rng.normal(0, 3, (size, size, 3)), 0, 255).astype(np.uint8)
+    if kind == 2:
+        ramp = np.linspace(0, 255, size)[None, :, None] * rng.uniform(0.3, 1, 3)
+        return np.broadcast_to(ramp, (size, size, 3)).astype(np.uint8)
+    if kind == 3:
+        cell = int(rng.integers(2, 8))
+        board = (np.indices((size, size)).sum(0) // cell % 2 * 255).astype(np.uint8)
+        return np.stack([board] * 3, -1)
+    pil = Image.new("RGB", (size, size), colour(rng, 0, 256))
+    ImageDraw.Draw(pil).text((1, 10), "".join(rng.choice(list("ABCXYZ0123"), 4)), fill=(0, 0, 0))
+    return np.asarray(pil)
+
+
+def near_copy(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """HWC uint8 -> a crop of 80-100 % of the area, maybe mirrored, resized back, JPEG at quality 60-90."""
+    pil = Image.fromarray(img)
+    side = pil.width * np.sqrt(rng.uniform(0.8, 1.0))
+    x0, y0 = rng.uniform(0, pil.width - side), rng.uniform(0, pil.height - side)
+    pil = pil.crop((x0, y0, x0 + side, y0 + side)).resize(pil.size, Image.Resampling.BICUBIC)
+    if rng.random() < 0.5:
+        pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    buffer = io.BytesIO()
+    pil.save(buffer, "JPEG", quality=int(rng.integers(60, 91)))
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def photo_junk(kind: str, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Photographic junk from a test-split photo ``(S, S, 3)``: grayscale, or blurred beyond recognition."""
+    pil = Image.fromarray(photo)
+    if kind == "grayscale":
+        return np.asarray(pil.convert("L").convert("RGB"))
+    return np.asarray(pil.filter(ImageFilter.GaussianBlur(float(rng.uniform(2.5, 4.0)))))
+
+
+MAKERS = {"silhouette": silhouette, "screenshot": screenshot, "text": text_frame, "blank": blank_frame}
+
+
+def build_set(spec: SetSpec, train, test) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Images ``(N, 3, S, S)`` uint8, given labels ``(N,)`` and the truth (row numbers) of one planted set."""
+    from crlf.data.sources import balanced_subset
+
+    rng = np.random.default_rng(spec.seed)
+    base = balanced_subset(train, spec.base, seed=spec.seed)
+    hwc = np.asarray(base.images).transpose(0, 2, 3, 1)  # (B, S, S, 3)
+    labels = base.labels.copy()
+    n_classes = int(labels.max()) + 1
+    order = rng.permutation(len(hwc))
+    n_near, n_exact = int(NEAR * len(hwc)), int(EXACT * len(hwc))
+    near_src, exact_src = order[:n_near], order[n_near:n_near + n_exact]
+    flip = np.sort(order[n_near + n_exact:][: int(FLIP * len(hwc))])
+    given = labels.copy()
+    given[flip] = (labels[flip] + rng.integers(1, n_classes, len(flip))) % n_classes
+    images, out_labels = list(hwc), list(given)
+    truth = {"name": spec.name, "clean": len(hwc), "flipped": flip.tolist(), "true_label": labels.tolist(),
+             "copies": [], "exact": [], "near": [], "batch": [], "lone": [], "batch_kind": spec.batch_kind}
+
+    def add(img: np.ndarray, label: int) -> int:
+        images.append(np.ascontiguousarray(img))
+        out_labels.append(label)
+        return len(images) - 1
+
+    for i in near_src:  # a copy keeps its source's given label, as a copy in the same folder would
+        truth["near"].append(add(near_copy(hwc[i], rng), int(given[i])))
+        truth["copies"].append([int(i), truth["near"][-1]])
+    for i in exact_src:
+        truth["exact"].append(add(hwc[i], int(given[i])))
+        truth["copies"].append([int(i), truth["exact"][-1]])
+    if spec.batch_kind in MAKERS:
+        for _ in range(spec.batch):
+            truth["batch"].append(add(MAKERS[spec.batch_kind](rng), int(rng.integers(n_classes))))
+    elif spec.batch_kind:
+        photos = np.asarray(test.images)[rng.choice(len(test), spec.batch, replace=False)].transpose(0, 2, 3, 1)
+        for photo in photos:
+            truth["batch"].append(add(photo_junk(spec.batch_kind, photo, rng), int(rng.integers(n_classes))))
+    for j in range(spec.lone):
+        truth["lone"].append(add(lone_outlier(j, rng), int(rng.integers(n_classes))))
+    return np.stack(images).transpose(0, 3, 1, 2).copy(), np.asarray(out_labels, dtype=np.int64), truth
+
+
+def load_set(cache: Path, name: str, encoder: str | None = None) -> dict:
+    """A built set: images, labels, truth; with ``encoder``, its embeddings and out-of-fold probabilities."""
+    folder = cache / name
+    out = {"images": np.load(folder / "images.npy", mmap_mode="r"), "labels": np.load(folder / "labels.npy"),
+           "truth": json.loads((folder / "truth.json").read_text())}
+    if encoder:
+        out["x"] = np.load(folder / f"{encoder}.npy")
+        probs = folder / f"{encoder}.probs.npy"
+        out["probs"] = np.load(probs) if probs.is_file() else None  # only small sets have them (--probe-max)
+    return out
+
+
+def build(args) -> None:
+    from crlf.data.sources import load_dataset
+
+    ds = load_dataset(args.data, 32, progress=False)
+    for spec in SETS:
+        if args.sets and spec.name not in args.sets:
+            continue
+        t0 = time.perf_counter()
+        images, labels, truth = build_set(spec, ds.train, ds.test)
+        folder = args.cache / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "images.npy", images)
+        np.save(folder / "labels.npy", labels)
+        (folder / "truth.json").write_text(json.dumps(truth))
+        print(f"{spec.name}: {len(images):,} images in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def embed(args) -> None:
+    """Unit embeddings and out-of-fold probe probabilities of every built set with one run's encoder."""
+    import torch
+
+    from crlf.config import load_run_config
+    from crlf.curate.graph import unit
+    from crlf.curate.label_issues import out_of_fold_probabilities
+    from crlf.evaluate import extract_features, freeze
+    from crlf.models.backbones import load_encoder
+
+    torch.set_num_threads(args.threads)  # 1 on a shared 2-core machine: the probe's L-BFGS is 5x faster than with 2
+    cfg = load_run_config(args.run)
+    encoder = freeze(load_encoder(args.run))
+    for spec in SETS:
+        folder = args.cache / spec.name
+        if (args.sets and spec.name not in args.sets) or not (folder / "images.npy").is_file():
+            continue
+        t0 = time.perf_counter()
+        if not (folder / f"{args.encoder}.npy").is_file():
+            images = np.load(folder / "images.npy")
+            x = unit(extract_features(encoder, images, cfg.augment.mean, cfg.augment.std, "cpu", progress=False))
+            np.save(folder / f"{args.encoder}.npy", x.astype(np.float32))
+        x = np.load(folder / f"{args.encoder}.npy")
+        t1 = time.perf_counter()
+        if len(x) > args.probe_max or (folder / f"{args.encoder}.probs.npy").is_file():
+            print(f"{spec.name} {args.encoder}: embedded in {t1 - t0:.0f} s", flush=True)
+            continue
+        labels = np.load(folder / "labels.npy")
+        probs = out_of_fold_probabilities(x, labels, int(labels.max()) + 1, seed=0)
+        np.save(folder / f"{args.encoder}.probs.npy", probs)
+        print(f"{spec.name} {args.encoder}: embedded in {t1 - t0:.0f} s, out-of-fold probe "
+              f"{time.perf_counter() - t1:.0f} s, cross-validated accuracy {(probs.argmax(1) == labels).mean():.3f}",
+              flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("step", choices=["build", "embed"])
+    p.add_argument("--data", default=DATA)
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--sets", nargs="*", default=[], help="only these sets (default: all)")
+    p.add_argument("--run", type=Path, help="with embed: the run folder whose encoder embeds")
+    p.add_argument("--encoder", help="with embed: the name the embeddings are saved under (weak, strong)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--probe-max", type=int, default=3_500,
+                   help="out-of-fold probe probabilities only for sets of at most this many images: the probe's "
+                        "L-BFGS takes 40 s for 1,000 weakly separable images on one shared core")
+    args = p.parse_args(argv)
+    if args.step == "embed" and (args.run is None or not args.encoder):
+        p.error("embed needs --run and --encoder")
+    (build if args.step == "build" else embed)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Outliers, flags and what they keep out, on constructed arrays (issue 27): a batch of one plain kind of
+junk, lone oddities, small folders."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from crlf.curate.graph import knn_graph, unit
+from crlf.curate.outliers import flagged_outliers, image_statistics, outlier_scores, pixel_score
+from crlf.curate.select import select
+
+from helpers_curate import COLOURS, smooth_image
+
+
+def photos(n: int, seed: int = 0) -> np.ndarray:
+    """``(n, 3, 32, 32)`` uint8 smooth colourful images, the stand-in for photographs."""
+    rng = np.random.default_rng(seed)
+    colours = list(COLOURS.values())
+    return np.stack([smooth_image(rng, colours[i % 3]) for i in range(n)]).transpose(0, 3, 1, 2).copy()
+
+
+def test_pixel_statistics_single_out_blank_grey_and_noise_frames():
+    images = photos(300)
+    rng = np.random.default_rng(1)
+    blank = np.full((3, 32, 32), 12, np.uint8)
+    grey = np.repeat(images[:1].mean(1, keepdims=True).astype(np.uint8), 3, 1)[0]
+    noise = rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    stats = image_statistics(np.stack([blank, grey, noise]))
+    assert stats.shape == (3, 5)
+    assert stats[0, 2] == 1.0 and stats[1, 0] == 0.0  # the blank frame is all flat; the grey image has no colour
+    score = pixel_score(np.concatenate([images, np.stack([blank, grey, noise])]))
+    assert set(np.argsort(-score)[:3].tolist()) == {300, 301, 302}
+    assert score[300:].min() > 3 * np.median(score[:300])
+
+
+def batch_folder(seed: int = 0):
+    """600 unit embeddings in 6 clusters, 30 of a tight batch off in its own direction, and 5 lone rows
+    scattered; their images: photos for the clusters, blank frames for the batch, noise for the lone."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(6, 32)))
+    normal = centres[rng.integers(6, size=600)] + 0.25 * rng.normal(size=(600, 32))
+    batch = unit(rng.normal(size=(1, 32))) + 0.02 * rng.normal(size=(30, 32))
+    lone = rng.normal(size=(5, 32))
+    x = unit(np.concatenate([normal, batch, lone]).astype(np.float32))
+    images = np.concatenate([photos(600, seed), np.full((30, 3, 32, 32), 20, np.uint8),
+                             rng.integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)])
+    return x, images, np.arange(600, 635)
+
+
+def test_a_batch_and_lone_junk_fill_the_first_page():
+    x, images, planted = batch_folder()
+    g = knn_graph(x, 20)
+    score = outlier_scores(x, g.similarities, images)
+    first_page = np.argsort(-score, kind="stable")[: 2 * len(planted)]
+    assert np.isin(planted, first_page).all()
+
+
+def test_flags_reach_past_the_minimum_share_and_keep_the_batch_out_of_the_selection():
+    x, images, planted = batch_folder()
+    score = outlier_scores(x, knn_graph(x, 20).similarities, images)
+    flags = flagged_outliers(score, min_share=0.01)
+    assert np.isin(planted, flags).all() and len(flags) < 0.5 * len(x)  # 35 planted: far past the 1 % minimum
+    picks = select(x, 30, "typical", 0, exclude=flags)
+    assert not np.isin(picks, planted).any()
