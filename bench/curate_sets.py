@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from curate import lone_outlier  # bench/curate.py: the same lone junk as the issue-19 benchmark
 from PIL import Image, ImageDraw, ImageFilter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,25 +119,6 @@ def blank_frame(rng: np.random.Generator, size: int = 32) -> np.ndarray:
     base = rng.choice([rng.integers(0, 25), rng.integers(230, 256), rng.integers(0, 256)])
     tint = np.clip(base + rng.integers(-10, 11, 3), 0, 255)
     return np.clip(tint + rng.normal(0, rng.uniform(1, 6), (size, size, 3)), 0, 255).astype(np.uint8)
-
-
-def lone_outlier(i: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """One of several kinds of junk, each different: noise, a flat frame, a gradient, a checkerboard, text."""
-    kind = i % 5
-    if kind == 0:
-        return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    if kind == 1:
-        return np.clip(rng.integers(0, 256, 3) + rng.normal(0, 3, (size, size, 3)), 0, 255).astype(np.uint8)
-    if kind == 2:
-        ramp = np.linspace(0, 255, size)[None, :, None] * rng.uniform(0.3, 1, 3)
-        return np.broadcast_to(ramp, (size, size, 3)).astype(np.uint8)
-    if kind == 3:
-        cell = int(rng.integers(2, 8))
-        board = (np.indices((size, size)).sum(0) // cell % 2 * 255).astype(np.uint8)
-        return np.stack([board] * 3, -1)
-    pil = Image.new("RGB", (size, size), colour(rng, 0, 256))
-    ImageDraw.Draw(pil).text((1, 10), "".join(rng.choice(list("ABCXYZ0123"), 4)), fill=(0, 0, 0))
-    return np.asarray(pil)
 
 
 def near_copy(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
