@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from curate import lone_outlier  # bench/curate.py: the same lone junk as the issue-19 benchmark
+from curate import lone_outlier
+from curate import (
+    near_copy as jpeg_near_copy,  # bench/curate.py: the same lone junk as the issue-19 benchmark
+)
 from PIL import Image, ImageDraw, ImageFilter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,16 +125,8 @@ def blank_frame(rng: np.random.Generator, size: int = 32) -> np.ndarray:
 
 
 def near_copy(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """HWC uint8 -> a crop of 80-100 % of the area, maybe mirrored, resized back, JPEG at quality 60-90."""
-    pil = Image.fromarray(img)
-    side = pil.width * np.sqrt(rng.uniform(0.8, 1.0))
-    x0, y0 = rng.uniform(0, pil.width - side), rng.uniform(0, pil.height - side)
-    pil = pil.crop((x0, y0, x0 + side, y0 + side)).resize(pil.size, Image.Resampling.BICUBIC)
-    if rng.random() < 0.5:
-        pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    buffer = io.BytesIO()
-    pil.save(buffer, "JPEG", quality=int(rng.integers(60, 91)))
-    return np.asarray(Image.open(buffer).convert("RGB"))
+    """HWC uint8 -> bench/curate.py's near copy (80-100 % crop, maybe mirrored, JPEG 60-90), decoded."""
+    return np.asarray(Image.open(io.BytesIO(jpeg_near_copy(img, rng))).convert("RGB"))
 
 
 def photo_junk(kind: str, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
