@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from crlf.config import load_config  # noqa: E402
 from crlf.data.augment import PILAugment, TensorAugment  # noqa: E402
+from crlf.training.resolution import fixed_side  # noqa: E402
 
 
 def kornia_pipeline(cfg) -> K.AugmentationSequential:
@@ -59,7 +60,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args()
-    cfg = load_config(args.config)
+    cfg = fixed_side(load_config(args.config))  # CIFAR-10: 32 px
     size = cfg.data.image_size
     if args.images:
         import numpy as np

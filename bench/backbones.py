@@ -41,12 +41,13 @@ def child(arch: str, batch: int, steps: int, warmup: int, threads: int, rounds: 
     from crlf.data.augment import build_augment, view_specs
     from crlf.methods.base import StepClock
     from crlf.runtime import flush_denormals
+    from crlf.training.resolution import fixed_side
     from crlf.training.step import build_training_modules, train_step
 
     flush_denormals()  # as crlf does
     if threads:
         torch.set_num_threads(threads)
-    cfg = load_config(CONFIG, {"model": {"arch": arch}, "train": {"low_res_epochs": 0, "batch_size": batch}})
+    cfg = fixed_side(load_config(CONFIG, {"model": {"arch": arch}, "train": {"low_res_epochs": 0, "batch_size": batch}}))
     torch.manual_seed(0)
     method, optimizer = build_training_modules(cfg, "cpu", num_images=10 * batch)
     backbone = method.backbone

@@ -124,9 +124,10 @@ VARIANTS = _variants()
 def variant_config(variant: str):
     """The variant's full config: its base config file plus its overrides."""
     from crlf.config import apply_overrides, load_config
+    from crlf.training.resolution import fixed_side
 
     base = VIT_VARIANTS[variant][0] if variant in VIT_VARIANTS else BASE_CONFIG
-    return apply_overrides(load_config(base), VARIANTS[variant])
+    return fixed_side(apply_overrides(load_config(base), VARIANTS[variant]))  # CIFAR-10: 32 px
 
 
 def view_sizes(variant: str) -> tuple[int, ...]:

@@ -26,10 +26,11 @@ def profile(config: str, data: str, size: int, steps: int, top: int) -> None:
     from crlf.data.sources import load_dataset
     from crlf.methods.base import StepClock
     from crlf.runtime import flush_denormals
+    from crlf.training.resolution import fixed_side
     from crlf.training.step import build_training_modules, train_step
 
     flush_denormals()  # as crlf does
-    cfg = load_config(config)
+    cfg = fixed_side(load_config(config))  # CIFAR-10: 32 px
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(0)

@@ -40,10 +40,11 @@ def bound(config: str, steps: int, warmup: int) -> None:
     from crlf.methods.base import StepClock
     from crlf.runtime import flush_denormals, resolve_device
     from crlf.training.precision import autocast_dtype
+    from crlf.training.resolution import fixed_side
     from crlf.training.step import build_training_modules, train_step
 
     flush_denormals()  # as crlf does
-    cfg = load_config(config)
+    cfg = fixed_side(load_config(config))  # CIFAR-10: 32 px
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -94,9 +95,10 @@ def plain_bound(config: str, steps: int, warmup: int) -> None:
     from crlf.methods.simclr import NTXentLoss
     from crlf.models.heads import ProjectionHead
     from crlf.runtime import flush_denormals
+    from crlf.training.resolution import fixed_side
 
     flush_denormals()  # as crlf does: a fair bound
-    cfg = load_config(config)
+    cfg = fixed_side(load_config(config))  # CIFAR-10: 32 px
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(0)
@@ -174,8 +176,9 @@ def lightly(config: str, data: str, lightly_python: str, steps: int, warmup: int
 
     from crlf.config import load_config
     from crlf.data.sources import balanced_subset, load_dataset
+    from crlf.training.resolution import fixed_side
 
-    cfg = load_config(config)
+    cfg = fixed_side(load_config(config))  # CIFAR-10: 32 px
     if cfg.optim.name != "adam":
         raise SystemExit(f"{config}: the Lightly comparison mirrors Adam only (got optim.name={cfg.optim.name})")
     dataset = load_dataset(data, cfg.data.image_size, "error", progress=False)

@@ -39,7 +39,8 @@ def one_thread():
 
 
 def cfg_for(arch: str, **model) -> Config:
-    return apply_overrides(Config(), {"model": {"arch": arch, "proj_hidden_dim": 32, "proj_out_dim": 16, **model}})
+    return apply_overrides(Config(), {"data": {"image_size": 32},
+                                      "model": {"arch": arch, "proj_hidden_dim": 32, "proj_out_dim": 16, **model}})
 
 
 @pytest.mark.parametrize("arch, dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("vit_tiny", 192),

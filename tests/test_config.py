@@ -26,7 +26,10 @@ def test_seed_config_is_the_reference_recipe():
     assert (cfg.model.arch, cfg.model.stem, cfg.model.proj_hidden_dim, cfg.model.proj_out_dim) == (
         "resnet18", "imagenet", 256, 64)
     assert cfg.augment.crop_scale == (0.2, 1.0) and cfg.augment.jitter_p == 0.8 and cfg.augment.blur_kernel == 3
-    assert dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=False)) == Config()
+    assert cfg.data.image_size == 32  # the reference's size, pinned (the default is auto: 32 on CIFAR)
+    default = Config()
+    assert dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=False)) == dataclasses.replace(
+        default, data=dataclasses.replace(default.data, image_size=32))
 
 
 def test_flags_override_yaml(tmp_path):

@@ -22,6 +22,7 @@ from crlf.methods import METHOD_NAMES, METHODS, method_class
 from crlf.methods.base import Method, is_norm_or_bias
 from crlf.models.backbones import build_backbone, load_encoder
 from crlf.training.checkpoint import LATEST, load_checkpoint_file, save_checkpoint
+from crlf.training.resolution import fixed_side
 
 from conftest import REPO, make_image_folder
 from helpers_faults import (
@@ -78,6 +79,7 @@ def test_param_groups_hold_every_trainable_parameter_once_and_no_momentum_target
     method = {"num_prototypes": 8} if "num_prototypes" in method_class(name).settings_type.keys() else {}
     cfg = apply_overrides(load_config(config_path(name)), {"model": {"proj_hidden_dim": 32, "proj_out_dim": 16,
                                                                      "pred_hidden_dim": 16}, "method": method})
+    cfg = fixed_side(cfg)  # the recipes say auto: 32 px, CIFAR's
     method = method_class(name)(build_backbone(cfg.model, cfg.data.image_size), cfg, 1000)
     for exclude in (False, True):
         groups = method.param_groups(0.1, exclude)

@@ -65,7 +65,7 @@ def test_blocks_lie_on_the_grid_and_the_context_never_holds_a_target(grid):
 
 
 def build(**method):
-    cfg = apply_overrides(Config(), {"model": {"arch": "vit_tiny"}, "method": {"name": "ijepa", **method},
+    cfg = apply_overrides(Config(), {"data": {"image_size": 32}, "model": {"arch": "vit_tiny"}, "method": {"name": "ijepa", **method},
                                      "train": {"batch_size": 4}})
     torch.manual_seed(0)
     return method_class("ijepa")(build_backbone(cfg.model, cfg.data.image_size), cfg, 64), cfg

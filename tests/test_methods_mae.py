@@ -58,7 +58,7 @@ def test_masked_pixel_loss_matches_reference(norm_pix, b, n, k):
 
 
 def build(arch: str = "vit_tiny", **method):
-    cfg = apply_overrides(Config(), {"model": {"arch": arch}, "method": {"name": "mae", **method},
+    cfg = apply_overrides(Config(), {"data": {"image_size": 32}, "model": {"arch": arch}, "method": {"name": "mae", **method},
                                      "train": {"batch_size": 4}})
     torch.manual_seed(0)
     return method_class("mae")(build_backbone(cfg.model, cfg.data.image_size), cfg, 64), cfg

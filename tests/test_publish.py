@@ -54,7 +54,7 @@ def one_thread():
 def vit_run(tmp_path_factory) -> Path:
     """A published vit_tiny run folder (config.yaml, config.json, encoder.safetensors), freshly initialised."""
     run = tmp_path_factory.mktemp("vit_run")
-    cfg = apply_overrides(Config(), {"model": {"arch": "vit_tiny"}, "method": {"name": "dino"}})
+    cfg = apply_overrides(Config(), {"data": {"image_size": 32}, "model": {"arch": "vit_tiny"}, "method": {"name": "dino"}})
     torch.manual_seed(0)
     save_config(cfg, run / "config.yaml")
     export_encoder(build_backbone(cfg.model, cfg.data.image_size), cfg, run, extra={"data": "no data"})

@@ -70,6 +70,10 @@ class Config:
         """Views against the image: the low-resolution size, each crop's size, and (ViTs) at least one patch per
         view."""
         t, d, m, crops = self.train, self.data, self.model, self.augment.crops
+        if d.image_size == "auto":
+            # The recipe's pixel values are written for 32 px and scale with the side auto chooses
+            # (crlf.training.resolution): checked at 32 px now, and again at the chosen side.
+            d = dataclasses.replace(d, image_size=32)
         if t.low_res_epochs:
             check(8 <= t.low_res_size <= d.image_size,
                   f"train.low_res_size must be between 8 and data.image_size={d.image_size} when "
@@ -129,6 +133,12 @@ def convert(value: Any, annotation: Any, where: str) -> Any:
     ``where`` (``section.key``) and what it takes. ``X | None`` also takes null; YAML's strings such as ``1e-5``
     (no dot: not a number to YAML 1.1) become numbers where a float is wanted; a fixed tuple takes a list."""
     optional = False
+    if annotation == int | str:  # a size or "auto" (data.image_size)
+        if value == "auto":
+            return value
+        if isinstance(value, str) or isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise UsageError(f"config key '{where}' must be an integer or auto, got {value!r}.")
+        return int(value)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         if value is None:
             return None

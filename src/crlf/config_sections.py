@@ -19,7 +19,9 @@ class DataConfig:
     # extracted stl10_binary/, cifar-100-python/, cifar-10-batches-py/ or tiny-imagenet-200/ folder
     source: str = "cifar10"
     limit: int | None = None  # class-balanced subset of the training split (and as many unlabeled images)
-    image_size: int = 32
+    # Training side in pixels, or "auto": chosen from the images' size, the device and the budget
+    # (crlf.training.resolution); a published dataset keeps its own size (CIFAR 32, STL-10 96).
+    image_size: int | str = "auto"
     on_bad_image: str = "error"  # "error" | "skip"
     # Training images: "memory" (one tensor, on the device), "memmap" (batches read from the cache file),
     # "auto" (memory up to 2 GiB of images, memmap above: data larger than memory never load whole)
@@ -27,7 +29,8 @@ class DataConfig:
 
     def validate(self) -> None:
         check(self.limit is None or self.limit >= 2, f"data.limit must be >= 2 images (got {self.limit}).")
-        check(self.image_size >= 8, f"data.image_size must be >= 8 pixels (got {self.image_size}).")
+        check(self.image_size == "auto" or self.image_size >= 8,
+              f"data.image_size must be >= 8 pixels or auto (got {self.image_size}).")
         check_choice(self.on_bad_image, ("error", "skip"), "data.on_bad_image")
         check_choice(self.storage, ("auto", "memory", "memmap"), "data.storage")
 

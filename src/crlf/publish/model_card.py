@@ -88,8 +88,13 @@ def _front_matter(cfg: Config, arch: str, metrics: dict | None) -> str:
 
 
 def precision_and_budget_rows(meta: dict) -> list[tuple[str, str]]:
-    """What the precision probe chose (and from which timings) and the budget plan, where the run had them."""
+    """The training side auto chose, what the precision probe chose (and from which timings) and the budget
+    plan, where the run had them."""
     rows = []
+    chosen_side = meta.get("resolution")
+    if chosen_side:
+        rows.append(("image size", chosen_side["description"].removeprefix("image size auto: ")
+                     + " (data.image_size: auto)"))
     probe = meta.get("precision_probe")
     if probe:
         chosen = probe["precision"] + (" + channels_last" if probe["channels_last"] else "")

@@ -18,6 +18,7 @@ epochs at the start, and the last full-resolution epoch may be cut short so the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from crlf.errors import UsageError
@@ -185,3 +186,25 @@ def check_budget_fits(budget_s: float, spent_s: float, first_step_s: float) -> N
             + (f" after {spent_s:.1f} s already spent" if spent_s else "")
             + f". The smallest budget that fits one step is --budget {smallest:g} (minutes); nothing was trained."
         )
+
+
+def plan_largest_side(budget_s: float, sides: list[int], steps_per_epoch: int,
+                      step_seconds: Callable[[int], tuple[float, float]], low_size_of: Callable[[int], int], *,
+                      low_fraction: float, min_epochs: float, spent_s: float = 0.0) -> tuple[int, BudgetPlan]:
+    """The training side a budget affords: the largest of ``sides`` (ascending) whose plan still trains
+    ``min_epochs`` epochs, with that plan; the smallest side when none does. ``step_seconds(side)``: seconds
+    per step at its (low, full) view sizes; ``low_size_of(side)``: the low-resolution side that goes with it.
+
+    Why a floor in epochs rather than the most pixels: a contrastive encoder learns from many passes over
+    augmented views, and a budget spent on a few passes at a high resolution trains a worse one than more
+    passes at a lower resolution (on CIFAR-10 at 20 minutes: 16-px epochs first, BENCHMARKS.md)."""
+    if not sides:
+        raise ValueError("no side to choose from")
+    plan = None
+    for side in sorted(sides, reverse=True):
+        low_s, full_s = step_seconds(side)
+        plan = plan_budget(budget_s, steps_per_epoch, low_s, full_s, low_fraction=low_fraction,
+                           low_size=low_size_of(side), full_size=side, spent_s=spent_s)
+        if plan.epochs >= min_epochs:
+            return side, plan
+    return min(sides), plan

@@ -290,6 +290,11 @@ def resolve_run_precision(cfg: Config, device: torch.device, state: Progress, nu
                                   num_images=num_images, log=log, planned_steps=planned_steps)  # rank 0's answer
     if probe is None:
         return cfg, None
+    return adopt_precision(cfg, state, probe)
+
+
+def adopt_precision(cfg: Config, state: Progress, probe: ProbeResult) -> tuple[Config, ProbeResult]:
+    """The config that trains with ``probe``'s setting; a new run's ``state`` records the choice."""
     if state.precision is None:
         state.precision = probe.record()
     s = probe.setting

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from crlf.config import Config, apply_overrides, save_config
 from crlf.data.mapped import MappedImages, training_images
@@ -32,8 +33,9 @@ from crlf.training.checkpoint import (
 from crlf.training.hooks import TrainingHooks
 from crlf.training.loop import RunOutput, Trainer, TrainingData, TrainingModules
 from crlf.training.monitors.online_probe import build_online_probe
-from crlf.training.precision import resolve_run_precision
+from crlf.training.precision import adopt_precision, resolve_run_precision
 from crlf.training.progress import Progress
+from crlf.training.resolution import resolve_image_size
 from crlf.training.schedule import build_schedule, run_view_sizes
 from crlf.training.step import build_training_modules
 
@@ -63,6 +65,12 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
     device = distributed.rank_device(resolve_device(cfg.train.device), cfg.train.threads)  # cuda -> cuda:LOCAL_RANK
     perm_gen = seed_everything(cfg.train.seed)
     aug_gen = distributed.augmentation_generator(perm_gen, cfg.train.seed)  # perm_gen itself in one process
+    state = Progress() if checkpoint is None else Progress.from_checkpoint(checkpoint)
+    resolved = None
+    if checkpoint is None:  # a resumed run keeps the side it chose (its config holds it)
+        resolved = resolve_image_size(cfg, device, state, num_images=lambda found: planned_images(cfg, found),
+                                      log=tqdm.write if progress else None)
+        cfg = resolved.cfg
     if distributed.is_distributed():  # rank 0 decodes and caches a new source once; the others then read the cache
         distributed.decided_on_main(lambda: fill_cache(cfg, progress))
     dataset, images, labels = load_training_data(cfg, progress)
@@ -71,8 +79,10 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
     if distributed.is_main():
         save_config(cfg, run_dir / "config.yaml")
 
-    state = Progress() if checkpoint is None else Progress.from_checkpoint(checkpoint)
-    run_cfg, precision = resolve_run_precision(cfg, device, state, len(images), run_view_sizes(cfg), progress)
+    if resolved is not None and resolved.probe is not None:  # a budget's side was chosen on measured steps
+        run_cfg, precision = adopt_precision(cfg, state, resolved.probe)
+    else:
+        run_cfg, precision = resolve_run_precision(cfg, device, state, len(images), run_view_sizes(cfg), progress)
     method, optimizer = build_training_modules(run_cfg, device, len(images))
     if checkpoint is not None:
         method.load_state_dict(checkpoint["method"])
@@ -97,6 +107,8 @@ def pretrain(cfg: Config, run_dir: Path, resume: bool | Path = False, progress: 
         world = {"world_size": distributed.world_size()} if distributed.is_distributed() else {}
         scheduled = schedule.finish()  # with a budget: its record, the final time spent included
         probed = {"precision_probe": state.precision} if state.precision is not None else {}
+        if state.resolution is not None:
+            probed["resolution"] = state.resolution
         export_encoder(method.backbone, cfg, run_dir,
                        extra={"data": dataset.description, "epochs": state.epoch,
                               "train_time_s": round(state.train_time_s, 1), **probed, **scheduled, **world,
@@ -138,6 +150,15 @@ def load_training_data(cfg: Config, progress: bool = True
             f"lower --batch-size or raise --limit."
         )
     return dataset, training_images(train.images, cfg.data.storage), train.labels  # (N, 3, H, W) uint8, (N,)
+
+
+def planned_images(cfg: Config, found) -> int:
+    """The training images a run on the surveyed source will have, before decoding: the image files listed
+    (a test split included: an over-estimate, so a budget's epochs are under-estimated, never over), at most
+    ``data.limit``."""
+    files = found.files or {"cifar10": 50_000, "cifar100": 50_000, "stl10": 105_000,
+                            "tinyimagenet": 100_000}.get(cfg.data.source, 50_000)
+    return min(files, cfg.data.limit) if cfg.data.limit else files
 
 
 def fill_cache(cfg: Config, progress: bool) -> None:

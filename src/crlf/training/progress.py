@@ -32,6 +32,7 @@ class Progress:
     precision: dict | None = None  # the precision probe's record (crlf.training.precision): resumed runs keep its choice
     budget_plan: dict | None = None  # the budget plan in force (crlf.training.budget_planner), with --budget
     budget_spent_s: float = 0.0  # wall time counted against the budget: probe, steps, checkpoints
+    resolution: dict | None = None  # data.image_size: auto's choice (crlf.training.resolution), for config.json
 
     def counters(self) -> dict[str, Any]:
         """Plain data for the checkpoint (the permutation and losses are stored as tensors beside it)."""
@@ -43,7 +44,7 @@ class Progress:
         return cls(p["epoch"], p["step"], p["global_step"], checkpoint["perm"], list(p["history"]),
                    checkpoint["step_losses"].tolist(), p["train_time_s"], p["epoch_loss_sum"],
                    dict(p["epoch_log_sums"]), p["epoch_time_s"], p.get("precision"), p.get("budget_plan"),
-                   p.get("budget_spent_s", 0.0))
+                   p.get("budget_spent_s", 0.0), p.get("resolution"))
 
 
 def write_training_metrics(run_dir: Path, state: Progress) -> None:
