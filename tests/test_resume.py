@@ -218,3 +218,21 @@ def test_new_run_refuses_a_folder_holding_only_a_previous_checkpoint(tiny, kille
     shutil.copy(killed_run / PREVIOUS, run / PREVIOUS)
     result = fork_pretrain(tiny["data"], run, tiny["cache"])
     assert result.returncode == 2 and "--resume" in result.output, result.output
+
+
+def test_resume_takes_new_recipe_flags_checked_against_the_runs_own_config(tmp_path, monkeypatch):
+    """--set train.low_res_epochs=2 on resume is checked with the run's low_res_size (16), not the default (0)."""
+    from conftest import REPO, make_image_folder
+
+    from crlf.cli import main
+
+    monkeypatch.setenv("CRLF_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "images", train_per_class=6, test_per_class=1)
+    run = tmp_path / "run"
+    flags = ["--batch-size", "8", "--device", "cpu", "--threads", "1", "--precision", "fp32", "--quiet"]
+    assert main(["pretrain", "--config", str(REPO / "configs" / "fast-cpu.yaml"), "--data", str(data), "--out",
+                 str(run), "--epochs", "1", "--set", "train.low_res_epochs=1", *flags]) == 0
+    assert main(["pretrain", "--out", str(run), "--resume", "--epochs", "2", "--set", "train.low_res_epochs=2",
+                 *flags]) == 0
+    saved = (run / "config.yaml").read_text()
+    assert "low_res_epochs: 2" in saved and "low_res_size: 16" in saved and "epochs: 2" in saved

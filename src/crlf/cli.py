@@ -38,14 +38,16 @@ COMMAND_ENV = "CRLF_COMMAND"  # the user's command line, handed to the workers o
 
 
 def _pretrain(args: argparse.Namespace) -> Path:
-    from crlf.config import load_config
+    from crlf.config import Config, load_config
     from crlf.training.pretrain import pretrain
 
     overrides = train_overrides(args)
     argv = getattr(args, "argv", None)
     command = os.environ.get(COMMAND_ENV) or (f"crlf {shlex.join(argv)}" if argv is not None else None)
     resume = args.resume if args.resume is True or not args.resume else Path(args.resume)
-    cfg = load_config(args.config, overrides)
+    # A resumed run trains with its own config and these flags on top (checked together in pretrain); checked
+    # alone against the defaults they could contradict them (--set train.low_res_epochs=16 with no size).
+    cfg = Config() if resume and args.config is None else load_config(args.config, overrides)
     nproc = getattr(args, "nproc", None)
     if nproc is not None and nproc < 1:
         raise UsageError(f"--nproc must be >= 1 (got {nproc}).")
