@@ -11,7 +11,8 @@ a GPU (the rule only: no GPU step is timed), and under ``--budget 20`` on this C
 
 ``mosaics`` makes a folder whose classes need more than 32 px: each image is a 2x2 mosaic of CIFAR-10
 (JPEG copy) training images, 64x64 px, labelled with the class of its top-left tile; the other three
-tiles are random images. At 32 px the tile that decides is 16 px; at 64 px it is CIFAR's own 32 px. The
+tiles are random images (``--grid 3``: 3x3 tiles, 96 px, the centre tile decides: a second set, to choose
+the rule's constant on while the 2x2 set reports). At 32 px the tile that decides is 16 px; at 64 px it is CIFAR's own 32 px. The
 folder has no test split, so the runs are evaluated on the seeded 20 % hold-out (``--eval-split``).
 
 ``equal-time`` runs ``crlf run --config configs/fast-cpu.yaml --budget B`` on it once per side (``auto``
@@ -84,17 +85,19 @@ def mosaics(args) -> None:
     from crlf.data.sources import load_dataset
 
     train = load_dataset(args.data, 32, progress=True).train  # (N, 3, 32, 32) uint8
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.grid)
     names = sorted(set(train.labels.tolist()))
+    g = args.grid
+    decides = 0 if g == 2 else (g * g) // 2  # 2x2: the top-left tile; 3x3: the centre one
     for i in range(args.count):
-        tiles = rng.choice(len(train), 4, replace=False)
-        pic = np.zeros((3, 64, 64), np.uint8)
+        tiles = rng.choice(len(train), g * g, replace=False)
+        pic = np.zeros((3, 32 * g, 32 * g), np.uint8)
         for k, t in enumerate(tiles):
-            pic[:, 32 * (k // 2): 32 * (k // 2 + 1), 32 * (k % 2): 32 * (k % 2 + 1)] = train.images[t]
-        folder = args.root / f"class{names.index(int(train.labels[tiles[0]]))}"
+            pic[:, 32 * (k // g): 32 * (k // g + 1), 32 * (k % g): 32 * (k % g + 1)] = train.images[t]
+        folder = args.root / f"class{names.index(int(train.labels[tiles[decides]]))}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pic.transpose(1, 2, 0)).save(folder / f"{i:05d}.png")
-    print(f"wrote {args.count} mosaics of 64x64 px in {args.root}")
+    print(f"wrote {args.count} mosaics of {32 * g}x{32 * g} px in {args.root}")
 
 
 def equal_time(args) -> None:
@@ -105,6 +108,8 @@ def equal_time(args) -> None:
                "--budget", str(args.budget), "--out", str(out), "--quiet"]
         if side != "auto":
             cmd += ["--set", f"data.image_size={side}"]
+            if args.scaled:  # the recipe as auto would scale it at this side (fast-cpu: low side = half)
+                cmd += ["--set", f"train.low_res_size={int(side) // 2}"]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -127,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--root", type=Path, default=REPO / "runs" / "resolution")
     p.add_argument("--data", default=DATA)
     p.add_argument("--count", type=int, default=8_000)
+    p.add_argument("--grid", type=int, default=2, choices=[2, 3], help="mosaics: 2x2 (64 px) or 3x3 (96 px)")
+    p.add_argument("--scaled", action="store_true", help="equal-time: explicit sides with the recipe scaled as auto does")
     p.add_argument("--budget", type=float, default=4.0)
     p.add_argument("--sides", nargs="+", default=["auto", "32", "64"])
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "resolution_runs")

@@ -222,9 +222,9 @@ def test_new_run_refuses_a_folder_holding_only_a_previous_checkpoint(tiny, kille
 
 def test_resume_takes_new_recipe_flags_checked_against_the_runs_own_config(tmp_path, monkeypatch):
     """--set train.low_res_epochs=2 on resume is checked with the run's low_res_size (16), not the default (0)."""
-    from conftest import REPO, make_image_folder
-
     from crlf.cli import main
+
+    from conftest import REPO, make_image_folder
 
     monkeypatch.setenv("CRLF_CACHE", str(tmp_path / "cache"))
     data = make_image_folder(tmp_path / "images", train_per_class=6, test_per_class=1)

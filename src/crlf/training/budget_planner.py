@@ -196,8 +196,8 @@ def plan_largest_side(budget_s: float, sides: list[int], steps_per_epoch: int,
     per step at its (low, full) view sizes; ``low_size_of(side)``: the low-resolution side that goes with it.
 
     Why a floor in epochs rather than the most pixels: a contrastive encoder learns from many passes over
-    augmented views, and a budget spent on a few passes at a high resolution trains a worse one than more
-    passes at a lower resolution (on CIFAR-10 at 20 minutes: 16-px epochs first, BENCHMARKS.md)."""
+    augmented views, and a budget spent on one or two passes at a high resolution trains a worse one than
+    more passes at a lower resolution (96 px against 64 on 96-px mosaics, BENCHMARKS.md)."""
     if not sides:
         raise ValueError("no side to choose from")
     plan = None

@@ -12,7 +12,7 @@ model card and the report):
    user chose the epochs, not the time, so the limit keeps a CPU run's step cost within ~4x of the
    32-px recipes'.
 4. Under ``--budget``: the budget planner's choice (:func:`crlf.training.budget_planner.plan_largest_side`):
-   the largest candidate within :data:`BUDGET_LIMITS` whose plan still trains :data:`MIN_EPOCHS` epochs,
+   the largest candidate within :data:`BUDGET_LIMITS` whose plan still trains :data:`MIN_EPOCHS` epochs (5),
    from step costs measured at the smallest candidate (the precision probe's timing, which a budget run
    does anyway) and scaled by the views' area. The chosen side's steps are then timed for the plan itself.
 
@@ -43,10 +43,12 @@ LADDER = (32, 48, 64, 96, 128, 160, 192, 224)  # candidate sides above 32 px (Re
 # The largest side by device. Without a budget, a CPU keeps within 4x the pixels of the 32-px recipes.
 EPOCH_LIMITS = {"cpu": 64, "mps": 128, "cuda": 224}
 BUDGET_LIMITS = {"cpu": 128, "mps": 160, "cuda": 224}
-# Under a budget: the largest side whose plan still has this many epochs. A prior, not fitted: fast-cpu's
-# 20-minute plan on CIFAR-10 trains ~40 epochs at 16/32 px and its kNN accuracy still rises between 20 and
-# 40 (BENCHMARKS.md, "The fast CPU recipe"); fewer than 20 passes left too little of the curve.
-MIN_EPOCHS = 20
+# Under a budget: the largest side whose plan still has this many (estimated) epochs. Chosen on one set and
+# reported on another (BENCHMARKS.md, "data.image_size: auto"): on 3x3 mosaics of CIFAR-10 tiles (96 px),
+# 4 minutes of fast-cpu on this CPU trained best at 64 px (est. 8.0 epochs) against 32 (est. 32) and 96
+# (est. 3.6); 5 lies between 8.0 and 3.6 (their geometric mean, 5.4, rounded down). A first prior of 20
+# kept the 2x2 mosaics at 32 px, 6 points below 64.
+MIN_EPOCHS = 5
 NOTICE_SHARE = 0.5  # an explicit side at most this share of the native side gets a notice
 
 
@@ -139,8 +141,8 @@ def resolve_image_size(cfg: Config, device: torch.device, state: Progress, num_i
                       else "the largest side the images hold")
         elif not cfg.train.budget_minutes:
             side, probe = sides[-1], None
-            reason = (f"the largest side for {_device_name(device)} without --budget ({sides[-1]} px)"
-                      if sides[-1] < found.native_side else "the largest side the images hold")
+            reason = (f"the largest side for {_device_name(device)} without --budget ({side} px)"
+                      if side >= _limit(EPOCH_LIMITS, device) else "the largest side the images hold")
         else:
             side, probe, reason = _side_for_budget(cfg, device, sides, num_images(found), log, measure)
     run_cfg = recipe_at_side(cfg, side)
