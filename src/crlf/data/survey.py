@@ -21,10 +21,10 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from crlf.data.folders import IMAGE_EXTENSIONS
 from crlf.data.formats import STL10_SIDE, TINY_IMAGENET_SIDE, cifar_pickle_kind, is_stl10_folder
 
 SAMPLE = 256  # headers read: the median of 256 sizes is within a few % of the folder's on any mix we tried
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # as crlf.data.folders reads
 # The published datasets: one size each, known without reading anything.
 PUBLISHED_SIDES = {"cifar10": 32, "cifar100": 32, "stl10": STL10_SIDE, "tinyimagenet": TINY_IMAGENET_SIDE}
 

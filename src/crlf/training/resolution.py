@@ -36,6 +36,7 @@ from crlf.training import distributed
 from crlf.training.budget_planner import plan_largest_side
 from crlf.training.precision import ProbeResult, resolve_precision
 from crlf.training.progress import Progress
+from crlf.training.schedule import low_res_fraction, run_view_sizes
 
 AUTO = "auto"
 RECIPE_SIDE = 32  # the side the recipes' pixel values are written for
@@ -100,11 +101,6 @@ def recipe_at_side(cfg: Config, side: int) -> Config:
                    augment=replace(a, crops=crops, blur_kernel=blur))
 
 
-def low_share(cfg: Config) -> float:
-    t = cfg.train
-    return min(1.0, t.low_res_epochs / t.epochs) if t.low_res_epochs and t.low_res_size else 0.0
-
-
 @dataclass(frozen=True)
 class ResolvedSize:
     """What :func:`resolve_image_size` hands the run: the config at its side, the choice (None: explicit),
@@ -129,7 +125,6 @@ def resolve_image_size(cfg: Config, device: torch.device, state: Progress, num_i
         return ResolvedSize(cfg, None)
     if found is None:  # nothing readable: the decode names what is wrong with the source
         return ResolvedSize(recipe_at_side(cfg, RECIPE_SIDE), None)
-    share = low_share(cfg)
     if d.source in PUBLISHED_SIDES or found.sampled == 0:
         side, reason, probe = found.native_side, "the published dataset's own size", None
     else:
@@ -147,8 +142,8 @@ def resolve_image_size(cfg: Config, device: torch.device, state: Progress, num_i
             side, probe, reason = _side_for_budget(cfg, device, sides, num_images(found), log, measure)
     run_cfg = recipe_at_side(cfg, side)
     run_cfg.validate()
-    low = run_cfg.train.low_res_size if share and run_cfg.train.low_res_size < side else 0
-    choice = ResolutionChoice(side, low, share if low else 0.0, found, reason)
+    share = low_res_fraction(run_cfg)  # the recipe's share of low-resolution epochs, as the schedule keeps it
+    choice = ResolutionChoice(side, run_view_sizes(run_cfg)[0] if share else 0, share, found, reason)
     state.resolution = choice.record()  # the checkpoint keeps it; config.json and the model card show it
     if log:
         log(choice.describe())
@@ -167,8 +162,6 @@ def _side_for_budget(cfg: Config, device: torch.device, sides: list[int], images
                      log: Callable[[str], None] | None, measure: Callable | None
                      ) -> tuple[int, ProbeResult, str]:
     """The planner's side under ``--budget``, and the precision probe with the chosen side's step times."""
-    from crlf.training.schedule import run_view_sizes
-
     batch = cfg.train.batch_size // distributed.world_size()
     steps_per_epoch = max(1, images // cfg.train.batch_size)
     smallest = recipe_at_side(cfg, sides[0])
@@ -185,7 +178,7 @@ def _side_for_budget(cfg: Config, device: torch.device, sides: list[int], images
         return run_view_sizes(recipe_at_side(cfg, side))[0]
 
     side, plan = plan_largest_side(cfg.train.budget_minutes * 60, sides, steps_per_epoch, estimated, low_side,
-                                   low_fraction=low_share(cfg), min_epochs=MIN_EPOCHS, spent_s=probe.probe_s)
+                                   low_fraction=low_res_fraction(smallest), min_epochs=MIN_EPOCHS, spent_s=probe.probe_s)
     reason = (f"the largest side whose {cfg.train.budget_minutes:g}-minute plan keeps {MIN_EPOCHS}+ epochs "
               f"(est. {plan.epochs:.0f} epochs at {side} px)" if plan.epochs >= MIN_EPOCHS else
               f"the smallest side: no side up to {sides[-1]} px keeps {MIN_EPOCHS} epochs in "
