@@ -228,12 +228,13 @@ def auroc(files: list[str], score: dict[str, float], positives: set[str], negati
 
 
 def score_outliers(out: Path, files: list[str], x: np.ndarray, g, truth: dict) -> dict:
-    from crlf.curate.outliers import angle_score, global_score, local_score, mahalanobis_score
+    from crlf.curate.outliers import angle_score, local_score, mahalanobis_score, robust_z
 
     score = {r["file"]: float(r["score"]) for r in read_csv(out / "outliers.csv")}
     lone, cluster = set(truth["lone"]), set(truth["cluster"])
     normal = set(files) - lone - cluster
-    alone = {"global": dict(zip(files, global_score(x))), "local_k20": dict(zip(files, local_score(g.similarities))),
+    global_score = robust_z(mahalanobis_score(x)) + robust_z(angle_score(x))  # issue 19's global score
+    alone = {"global": dict(zip(files, global_score)), "local_k20": dict(zip(files, local_score(g.similarities))),
              "mahalanobis": dict(zip(files, mahalanobis_score(x))), "angle": dict(zip(files, angle_score(x)))}
     res = {"auroc_all": auroc(files, score, lone | cluster, normal), "auroc_lone": auroc(files, score, lone, normal),
            "auroc_cluster": auroc(files, score, cluster, normal)}

@@ -51,10 +51,24 @@ def shrunk_mahalanobis(x: np.ndarray, estimator: str, trim: float = 0.0) -> np.n
     return np.sqrt(d)
 
 
-def outlier_candidates(x: np.ndarray, sims: np.ndarray, pixel: np.ndarray) -> dict[str, np.ndarray]:
+def pixel_variants(images) -> dict[str, np.ndarray]:
+    """The pixel-statistics scores ``(N,)`` in robust z-units: ``pixel`` as shipped before the third session
+    (the five statistics' robust distance), ``pixel_log`` (its logarithm), ``pixel_blur`` (the shipped
+    :func:`crlf.curate.outliers.pixel_score`: the larger of that and the blur ratio), ``pixel_blur_grey``
+    (also the lack of colour, log saturation, one-sided)."""
+    from crlf.curate.outliers import BLUR, image_statistics, pixel_score, robust_z, statistics_distance
+
+    stats = image_statistics(images)
+    distance = statistics_distance(stats[:, :BLUR])
+    shipped = pixel_score(images)
+    return {"pixel": robust_z(distance), "pixel_log": robust_z(np.log(distance + 1e-6)), "pixel_blur": shipped,
+            "pixel_blur_grey": np.maximum(shipped, robust_z(-np.log1p(stats[:, 0])))}
+
+
+def outlier_candidates(x: np.ndarray, sims: np.ndarray, pixels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every candidate score ``(N,)``; ``sims`` ``(N, 20)``: neighbour similarities, most similar first;
-    ``pixel``: :func:`crlf.curate.outliers.pixel_score`. (A wide neighbourhood, the mean similarity to the
-    nearest 1-5 % of the folder, scored no better than 20 neighbours on batches: dropped.)"""
+    ``pixels``: :func:`pixel_variants`. (A wide neighbourhood, the mean similarity to the nearest 1-5 % of
+    the folder, scored no better than 20 neighbours on batches: dropped.)"""
     from crlf.curate.outliers import angle_score, local_score, mahalanobis_score, robust_z
 
     mahal = robust_z(mahalanobis_score(x))  # the robust fit of issue 19 (trimmed, eigenvalues floored)
@@ -75,15 +89,16 @@ def outlier_candidates(x: np.ndarray, sims: np.ndarray, pixel: np.ndarray) -> di
         c[f"|knn{k}|"] = np.abs(z)
         for margin in (0.0, 1.0, 2.0):
             c[f"max(angle,|knn{k}|-{margin})"] = np.maximum(angle, np.abs(z) - margin)
-    # Pixel statistics (crlf.curate.outliers.pixel_score), alone and with the embedding scores.
-    c["pixel"] = pixel
-    p, far20 = robust_z(pixel), robust_z(c["knn20"])
-    for margin in (0.0, 2.0, 4.0, 8.0):
-        c[f"max(angle,pixel-{margin})"] = np.maximum(angle, p - margin)
-        c[f"max(angle,knn20-3,pixel-{margin})"] = np.maximum.reduce([angle, far20 - 3, p - margin])
-    c["angle+pixel"] = angle + p
-    for margin in (0.0, 2.0, 4.0):
-        c[f"max(angle,knn20-3,pixel,mahal-{margin})"] = np.maximum.reduce([angle, far20 - 3, p, mahal - margin])
+    # Pixel statistics, alone and with the embedding scores.
+    far20 = robust_z(c["knn20"])
+    for name, p in pixels.items():
+        c[name] = p
+        for margin in (0.0, 2.0, 4.0, 8.0):
+            c[f"max(angle,{name}-{margin})"] = np.maximum(angle, p - margin)
+            c[f"max(angle,knn20-3,{name}-{margin})"] = np.maximum.reduce([angle, far20 - 3, p - margin])
+        c[f"angle+{name}"] = angle + p
+        for margin in (0.0, 2.0, 4.0):
+            c[f"max(angle,knn20-3,{name},mahal-{margin})"] = np.maximum.reduce([angle, far20 - 3, p, mahal - margin])
     return c
 
 
@@ -190,6 +205,45 @@ def duplicate_pairs(images: np.ndarray, x: np.ndarray, g, truth: dict) -> dict:
             "near_planted": len(truth["near"])}
 
 
+def duplicate_groups(images: np.ndarray, x: np.ndarray, g, flagged: np.ndarray, truth: dict) -> dict:
+    """What a user of ``crlf curate`` would remove: the shipped grouping (:func:`find_duplicates` with the
+    shipped outlier flags), each removal judged against the truth. A removal is *correct* when it and its
+    group's kept image are a planted copy pair or copies of one source; a *junk* removal is in a group made
+    only of planted junk (different images of one plain kind called copies); a removal in a group with no
+    planted image at all is *unplanted*: CIFAR-10 has near-copies of its own that no truth lists, so those
+    are not known to be wrong and count in neither direction of the upper figure."""
+    from crlf.curate.duplicates import find_duplicates
+    from crlf.curate.outliers import typicality
+
+    groups = find_duplicates(x, images, g.similarities, g.indices, typicality(g.similarities), unusual=flagged)
+    family = {}
+    for src, copy in truth["copies"]:
+        family[src] = family[copy] = src
+    junk = set(truth["batch"] + truth["lone"])
+    counts = {"groups": int(groups.group.max(initial=-1) + 1), "removals": 0, "correct": 0, "junk": 0, "unplanted": 0}
+    for gid in np.unique(groups.group):
+        rows = groups.members[groups.group == gid]
+        kept = int(groups.members[(groups.group == gid) & groups.keep][0])
+        planted = any(int(r) in family for r in rows)
+        all_junk = all(int(r) in junk for r in rows)
+        for r in rows.tolist():
+            if r == kept:
+                continue
+            counts["removals"] += 1
+            if family.get(r) is not None and family.get(r) == family.get(kept):
+                counts["correct"] += 1
+            elif all_junk:
+                counts["junk"] += 1
+            elif not planted:
+                counts["unplanted"] += 1
+    removals = max(counts["removals"], 1)
+    counts["precision"] = counts["correct"] / removals  # every unplanted removal counted wrong: a lower bound
+    counts["precision_known"] = counts["correct"] / max(counts["removals"] - counts["unplanted"], 1)
+    counts["junk_groups"] = int(sum(all(int(r) in junk for r in groups.members[groups.group == gid])
+                                    for gid in np.unique(groups.group)))
+    return counts
+
+
 MAX_PAIRS = 60_000  # candidate pairs the pixel checks are run on here (a weak encoder proposes far more on 50k)
 FLAG_ZS = (2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
 
@@ -246,10 +300,7 @@ def score_set(name: str, encoder: str, cache: Path, phase2: bool = False) -> dic
     t0 = time.perf_counter()
     g = knn_graph(x, 20, progress=False)
     res = {"n": len(x), "graph_s": time.perf_counter() - t0, "outliers": {}, "labels": {}}
-    from crlf.curate.outliers import pixel_score
-
-    pixel = pixel_score(s["images"])
-    for cname, score in outlier_candidates(x, g.similarities, pixel).items():
+    for cname, score in outlier_candidates(x, g.similarities, pixel_variants(s["images"])).items():
         res["outliers"][cname] = outlier_metrics(np.asarray(score, np.float64), truth)
     if phase2:
         from crlf.curate.outliers import flagged_outliers, outlier_scores
@@ -264,6 +315,7 @@ def score_set(name: str, encoder: str, cache: Path, phase2: bool = False) -> dic
             d = duplicate_pairs(np.asarray(s["images"]), x, g, truth)
             res["duplicates"] = {f"flag{z}|{rule}": m for z in FLAG_ZS
                                  for rule, m in dup_rules(d, flagged_outliers(score, 0.01, z)).items()}
+        res["duplicate_groups"] = duplicate_groups(np.asarray(s["images"]), x, g, flagged_outliers(score), truth)
     if s["probs"] is None:
         return res
     from crlf.curate.label_issues import estimated_issue_count
@@ -358,9 +410,16 @@ def main(argv=None) -> int:
         phase2 = args.cache / f"phase2_{enc}.json"
         extra = json.loads(phase2.read_text()) if phase2.is_file() else {}
         for set_name, r in json.loads(path.read_text()).items():
-            r |= {k: v for k, v in extra.get(set_name, {}).items() if k in ("flags", "duplicates")}
+            r |= {k: v for k, v in extra.get(set_name, {}).items() if k in ("flags", "duplicates", "duplicate_groups")}
             results[(set_name, enc)] = r
     out = {"per_set": {f"{s}/{e}": r for (s, e), r in results.items()}, "leave_one_set_out": report(results)}
+    print("\nduplicate groups as shipped (removals: correct / junk / CIFAR-10's own, unlisted)")
+    for (s, e), r in sorted(results.items()):
+        if "duplicate_groups" in r:
+            m = r["duplicate_groups"]
+            print(f"{s:>16} {e:>8} {m['groups']} groups, {m['removals']} removals: {m['correct']} correct, {m['junk']} "
+                  f"junk ({m['junk_groups']} junk groups), {m['unplanted']} unlisted; precision {m['precision']:.3f} "
+                  f"(known {m['precision_known']:.3f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

@@ -26,11 +26,26 @@ def test_pixel_statistics_single_out_blank_grey_and_noise_frames():
     grey = np.repeat(images[:1].mean(1, keepdims=True).astype(np.uint8), 3, 1)[0]
     noise = rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)
     stats = image_statistics(np.stack([blank, grey, noise]))
-    assert stats.shape == (3, 5)
+    assert stats.shape == (3, 6)
     assert stats[0, 2] == 1.0 and stats[1, 0] == 0.0  # the blank frame is all flat; the grey image has no colour
     score = pixel_score(np.concatenate([images, np.stack([blank, grey, noise])]))
     assert set(np.argsort(-score)[:3].tolist()) == {300, 301, 302}
     assert score[300:].min() > 3 * np.median(score[:300])
+
+
+def test_the_blur_ratio_is_one_for_noise_two_for_an_even_ramp_and_singles_out_a_blurred_photo():
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(2)
+    ramp = np.broadcast_to((np.arange(32) * 6).astype(np.uint8), (3, 32, 32))  # grey rises 6 levels a pixel
+    noise = rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    ratio = image_statistics(np.stack([ramp, noise]))[:, 5]
+    assert abs(ratio[0] - 2.0) < 0.01 and abs(ratio[1] - 1.0) < 0.1
+    # photographs with texture; one of them blurred: its colours, brightness and contrast stay ordinary
+    sharp = np.clip(photos(300, seed=3).astype(np.float32) + rng.normal(0, 10, (300, 3, 32, 32)), 0, 255).astype(np.uint8)
+    blurred = np.asarray(Image.fromarray(sharp[7].transpose(1, 2, 0)).filter(ImageFilter.GaussianBlur(3)))
+    score = pixel_score(np.concatenate([sharp, blurred.transpose(2, 0, 1)[None]]))
+    assert score.argmax() == 300 and score[300] > np.sort(score)[-2] + 2.0
 
 
 def batch_folder(seed: int = 0):
