@@ -207,9 +207,10 @@ def duplicate_pairs(images: np.ndarray, x: np.ndarray, g, truth: dict) -> dict:
 
 def duplicate_groups(images: np.ndarray, x: np.ndarray, g, flagged: np.ndarray, truth: dict) -> dict:
     """What a user of ``crlf curate`` would remove: the shipped grouping (:func:`find_duplicates` with the
-    shipped outlier flags), each removal judged against the truth. A removal is *correct* when it and its
+    shipped outlier flags, ``flagged``), each removal judged against the truth. A removal is *correct* when it and its
     group's kept image are a planted copy pair or copies of one source; a *junk* removal is in a group made
-    only of planted junk (different images of one plain kind called copies); a removal in a group with no
+    only of planted junk (different images of one plain kind called copies; ``junk_identical`` of them are
+    pixel for pixel the image kept, such as two blank frames of one colour: true copies); a removal in a group with no
     planted image at all is *unplanted*: CIFAR-10 has near-copies of its own that no truth lists, so those
     are not known to be wrong and count in neither direction of the upper figure."""
     from crlf.curate.duplicates import find_duplicates
@@ -220,7 +221,8 @@ def duplicate_groups(images: np.ndarray, x: np.ndarray, g, flagged: np.ndarray, 
     for src, copy in truth["copies"]:
         family[src] = family[copy] = src
     junk = set(truth["batch"] + truth["lone"])
-    counts = {"groups": int(groups.group.max(initial=-1) + 1), "removals": 0, "correct": 0, "junk": 0, "unplanted": 0}
+    counts = {"groups": int(groups.group.max(initial=-1) + 1), "removals": 0, "correct": 0, "junk": 0,
+              "junk_identical": 0, "unplanted": 0}
     for gid in np.unique(groups.group):
         rows = groups.members[groups.group == gid]
         kept = int(groups.members[(groups.group == gid) & groups.keep][0])
@@ -234,6 +236,7 @@ def duplicate_groups(images: np.ndarray, x: np.ndarray, g, flagged: np.ndarray, 
                 counts["correct"] += 1
             elif all_junk:
                 counts["junk"] += 1
+                counts["junk_identical"] += int(np.array_equal(images[r], images[kept]))
             elif not planted:
                 counts["unplanted"] += 1
     removals = max(counts["removals"], 1)
@@ -303,6 +306,7 @@ def score_set(name: str, encoder: str, cache: Path, phase2: bool = False) -> dic
     for cname, score in outlier_candidates(x, g.similarities, pixel_variants(s["images"])).items():
         res["outliers"][cname] = outlier_metrics(np.asarray(score, np.float64), truth)
     if phase2:
+        from crlf.curate import COPY_FLAG_Z
         from crlf.curate.outliers import flagged_outliers, outlier_scores
 
         score = outlier_scores(x, g.similarities, s["images"])
@@ -315,7 +319,8 @@ def score_set(name: str, encoder: str, cache: Path, phase2: bool = False) -> dic
             d = duplicate_pairs(np.asarray(s["images"]), x, g, truth)
             res["duplicates"] = {f"flag{z}|{rule}": m for z in FLAG_ZS
                                  for rule, m in dup_rules(d, flagged_outliers(score, 0.01, z)).items()}
-        res["duplicate_groups"] = duplicate_groups(np.asarray(s["images"]), x, g, flagged_outliers(score), truth)
+        never_copies = flagged_outliers(score, 0.01, COPY_FLAG_Z)
+        res["duplicate_groups"] = duplicate_groups(np.asarray(s["images"]), x, g, never_copies, truth)
     if s["probs"] is None:
         return res
     from crlf.curate.label_issues import estimated_issue_count
@@ -363,11 +368,8 @@ def report(results: dict) -> dict:
     out = {}
     for section, (objective, line) in SECTIONS.items():
         have = {k: r for k, r in results.items() if r.get(section)}
-        if section == "duplicates":  # the rules at the shipped flag threshold (each rule once)
-            from crlf.curate.outliers import FLAG_Z
-
-            have = {k: r | {section: {c.split("|")[1]: m for c, m in r[section].items()
-                                      if c.startswith(f"flag{FLAG_Z}|")}} for k, r in have.items()}
+        # duplicates: the rule and its flag level chosen together ("flag3.5|no_flagged" ships as
+        # crlf.curate.COPY_FLAG_Z and crlf.curate.duplicates.confirmed_pairs)
         if not have:
             continue
         chosen = leave_one_set_out(have, section, objective)
@@ -418,7 +420,7 @@ def main(argv=None) -> int:
         if "duplicate_groups" in r:
             m = r["duplicate_groups"]
             print(f"{s:>16} {e:>8} {m['groups']} groups, {m['removals']} removals: {m['correct']} correct, {m['junk']} "
-                  f"junk ({m['junk_groups']} junk groups), {m['unplanted']} unlisted; precision {m['precision']:.3f} "
+                  f"junk ({m['junk_groups']} junk groups, {m['junk_identical']} identical), {m['unplanted']} unlisted; precision {m['precision']:.3f} "
                   f"(known {m['precision_known']:.3f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))

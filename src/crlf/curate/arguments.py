@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crlf.curate import DUP_THRESHOLD, EDGE_THRESHOLD, PIXEL_THRESHOLD
+from crlf.curate import DUP_THRESHOLD, EDGE_THRESHOLD, FLAG_Z, PIXEL_THRESHOLD
 
 
 def add_curate(sub) -> None:
@@ -32,7 +32,7 @@ def add_curate(sub) -> None:
                         f"different objects on one plain background apart (default {EDGE_THRESHOLD})")
     p.add_argument("--exclude-outliers", type=float, default=0.01, metavar="FRACTION",
                    help="share of the most unusual images never selected, besides every image whose outlier "
-                        "score reaches 2.5 robust z-units (default 0.01)")
+                        f"score reaches {FLAG_Z} robust z-units (default 0.01)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(_parser=p)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crlf.curate import COPY_FLAG_Z
 from crlf.curate.duplicates import DUP_THRESHOLD, EDGE_THRESHOLD, PIXEL_THRESHOLD, find_duplicates
 from crlf.curate.graph import knn_graph, unit
 from crlf.curate.label_issues import MIN_ACCURACY, find_label_issues, out_of_fold_probabilities
@@ -139,13 +140,14 @@ def curate_embeddings(x: np.ndarray, images, files: list[str], labels: np.ndarra
     t = time.perf_counter()
     score = outlier_scores(x, graph.similarities, images)  # (N,)
     ranked = np.argsort(-score, kind="stable")
-    unusual = flagged_outliers(score, options.outlier_fraction)  # out of the selection; strict copy checks
+    unusual = flagged_outliers(score, options.outlier_fraction)  # out of the selection
+    never_copies = flagged_outliers(score, options.outlier_fraction, COPY_FLAG_Z)  # exact copies only
     write_csv(out / "outliers.csv", ["file", "score"], [(files[i], f"{score[i]:.4f}") for i in ranked])
     times["outliers_s"] = time.perf_counter() - t
     t = time.perf_counter()
     typ = typicality(graph.similarities)  # (N,)
     groups = find_duplicates(x, images, graph.similarities, graph.indices, typ, options.dup_threshold,
-                             options.pixel_threshold, options.progress, options.edge_threshold, unusual)
+                             options.pixel_threshold, options.progress, options.edge_threshold, never_copies)
     order = np.lexsort((~groups.keep, groups.group))  # by group, the kept image first
     write_csv(out / "duplicates.csv", ["group", "file", "keep", "similarity"],
               [(int(groups.group[i]), files[groups.members[i]], "true" if groups.keep[i] else "false",

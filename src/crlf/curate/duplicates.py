@@ -14,6 +14,12 @@ only propose candidate pairs (neighbours above ``threshold``) and pixels decide,
    BENCHMARKS.md, "Curation").
 
 Exact copies (identical decoded pixels) are found by hashing and need no threshold.
+
+An image the outlier score flags as unusual (``unusual``: score >= ``COPY_FLAG_Z``) is never called a
+near-copy, only an exact one: junk of one plain kind correlates with itself whatever is on it (five
+different trousers on black passed both passes: issue 27), and stricter levels for two plain unusual images
+still let through pairs of different silhouettes, blurred photographs and screenshots.
+bench/curate_loso.py chose this rule and the level leave-one-set-out (BENCHMARKS.md, issue 27).
 """
 
 from __future__ import annotations
@@ -37,9 +43,6 @@ class Alignment:
     scales: tuple[float, ...]
     offsets: int
 
-
-PLAIN_SHARE = 0.5  # flat share from which an image is plain (bench/curate_loso.py, leave-one-set-out)
-PLAIN_PIXEL, PLAIN_EDGE = 0.97, 0.95  # the levels two plain images must reach to be called copies
 
 COARSE = Alignment(12, (1.0, 0.9), 3)  # every candidate pair: 38 views
 FINE = Alignment(16, (1.0, 0.95, 0.9), 5)  # the pairs that pass: 102 views
@@ -239,35 +242,17 @@ def anchored_groups(n: int, exact: np.ndarray, near: np.ndarray, typicality: np.
     return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
-def plain(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Whether each of ``rows`` ``(R,)`` is a plain image ``(R,)``: at least ``PLAIN_SHARE`` of its pixels
-    within 8 grey levels of its commonest grey level (a shape on a flat ground, a document, a blank frame)."""
-    from crlf.curate.outliers import image_statistics
-
-    return image_statistics(images[rows])[:, 2] >= PLAIN_SHARE if len(rows) else np.zeros(0, bool)
-
-
 def confirmed_pairs(images: np.ndarray, candidates: np.ndarray, pixel_threshold: float = PIXEL_THRESHOLD,
                     edge_threshold: float = EDGE_THRESHOLD, progress: bool = False,
                     unusual: np.ndarray | None = None) -> np.ndarray:
-    """The candidate pairs ``(P, 2)`` that both pixel passes confirm as copies, ``(Q, 2)``.
-
-    Two plain images that are both in ``unusual`` (the rows the outlier score flags) must pass stricter
-    levels (``PLAIN_PIXEL``, ``PLAIN_EDGE``): their flat grounds correlate whatever the shape on them, so
-    five different trousers on black passed the ordinary ones (issue 27). Plain photographs that are not
-    unusual (an aeroplane on a clear sky) keep the ordinary levels: a cropped, re-encoded copy of one has
-    edges correlating at 0.92, under ``PLAIN_EDGE``."""
+    """The candidate pairs ``(P, 2)`` that both pixel passes confirm as copies, ``(Q, 2)``; a pair with an
+    image in ``unusual`` (rows the outlier score flags) is not even checked."""
+    if unusual is not None and len(candidates):
+        candidates = candidates[~np.isin(candidates, unusual).any(1)]
     pix = pixel_similarity(images, candidates, progress=progress)
-    near, pix = candidates[pix >= pixel_threshold], pix[pix >= pixel_threshold]
+    near = candidates[pix >= pixel_threshold]
     ncc, edge = structure_similarity(images, near, progress=progress)
-    ok = (ncc >= pixel_threshold) & (edge >= edge_threshold)
-    if unusual is not None and len(near):
-        suspect = np.isin(near, unusual).all(1)  # (Q,) both images flagged
-        rows, inverse = np.unique(near[suspect], return_inverse=True)
-        strict = np.zeros(len(near), bool)
-        strict[np.flatnonzero(suspect)] = plain(images, rows)[inverse.reshape(-1, 2)].all(1) if len(rows) else False
-        ok &= ~strict | ((pix >= PLAIN_PIXEL) & (edge >= PLAIN_EDGE))
-    return near[ok]
+    return near[(ncc >= pixel_threshold) & (edge >= edge_threshold)]
 
 
 def find_duplicates(embeddings: np.ndarray, images: np.ndarray, sims: np.ndarray, idx: np.ndarray,
@@ -277,7 +262,7 @@ def find_duplicates(embeddings: np.ndarray, images: np.ndarray, sims: np.ndarray
     """Groups of exact and confirmed near-duplicates; in each, the most typical image is kept.
 
     ``embeddings`` ``(N, D)`` unit rows, ``images`` ``(N, 3, S, S)`` uint8, the graph ``sims``/``idx``
-    ``(N, k)``, ``typicality`` ``(N,)``; ``unusual``: the outlier flags (:func:`confirmed_pairs`)."""
+    ``(N, k)``, ``typicality`` ``(N,)``; ``unusual``: rows never called a near-copy (:func:`confirmed_pairs`)."""
     near = confirmed_pairs(images, candidate_pairs(sims, idx, threshold), pixel_threshold, edge_threshold,
                            progress, unusual)
     group, members, keep, similarity = [], [], [], []

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crlf.curate import FLAG_Z
+
 TRIM = 0.10  # share of the most distant images left out of each refit of the mean and covariance
 TRIM_ROUNDS = 3
 EIGEN_FLOOR = 0.1  # covariance eigenvalues are floored at this share of their mean
@@ -107,12 +109,6 @@ def outlier_scores(embeddings: np.ndarray, sims: np.ndarray, images=None) -> np.
     if images is not None:
         parts.append(pixel_score(images) - PIXEL_MARGIN)  # already in robust z-units
     return np.maximum.reduce(parts).astype(np.float32)
-
-
-# Outlier score from which an image is kept out of the selection: bench/curate_loso.py, leave-one-set-out
-# over eight planted sets with a 2-epoch and a 20-epoch (60.1 % linear) encoder: 3.5 when any set but a
-# grayscale one is held out (4.0 then); 2.5 when both encoders were weak (BENCHMARKS.md, issue 27).
-FLAG_Z = 3.5
 
 
 def flagged_outliers(score: np.ndarray, min_share: float = 0.01, flag_z: float = FLAG_Z) -> np.ndarray:
