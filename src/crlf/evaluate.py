@@ -94,13 +94,18 @@ def _fit_softmax(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
     return weight.detach(), bias.detach()
 
 
-def train_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, max_iter: int = 200,
-                       seed: int = 0, weight_decays=PROBE_WEIGHT_DECAYS) -> LinearProbe:
-    """Choose the weight decay on a held-out part of train, then refit on all of train."""
+def _standardised(train_x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(standardised features ``(N, D)``, their mean ``(D,)``, their std ``(D,)``)."""
     x = torch.as_tensor(train_x, dtype=torch.float32)
-    y = torch.as_tensor(train_y, dtype=torch.int64)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    xs = (x - mean) / std  # (N, D) standardised
+    return (x - mean) / std, mean, std
+
+
+def _decay_path(xs: torch.Tensor, train_y: np.ndarray, num_classes: int, max_iter: int, seed: int,
+                weight_decays) -> tuple[float, dict[float, float], dict]:
+    """(the weight decay with the best accuracy on a stratified held-out part of ``xs`` ``(N, D)``, the
+    accuracy of each, each one's solution on the rest)."""
+    y = torch.as_tensor(train_y, dtype=torch.int64)
     rng = np.random.default_rng(seed)
     holdout = np.zeros(len(y), dtype=bool)
     for c in np.unique(train_y):  # stratified hold-out
@@ -115,8 +120,30 @@ def train_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: in
         accuracy[wd] = float(((xs[val_idx] @ w.T + b).argmax(1) == y[val_idx]).float().mean())
     accuracy = {wd: accuracy[wd] for wd in weight_decays}
     best = max(weight_decays, key=lambda wd: (accuracy[wd], wd))  # ties: the stronger regulariser
-    w, b = _fit_softmax(xs, y, num_classes, best, max_iter, solutions[best])
+    return best, accuracy, solutions
+
+
+def train_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, max_iter: int = 200,
+                       seed: int = 0, weight_decays=PROBE_WEIGHT_DECAYS) -> LinearProbe:
+    """Choose the weight decay on a held-out part of train, then refit on all of train."""
+    xs, mean, std = _standardised(train_x)
+    best, accuracy, solutions = _decay_path(xs, train_y, num_classes, max_iter, seed, weight_decays)
+    w, b = _fit_softmax(xs, torch.as_tensor(train_y, dtype=torch.int64), num_classes, best, max_iter, solutions[best])
     return LinearProbe(w, b, mean, std, best, accuracy)
+
+
+def choose_weight_decay(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, max_iter: int = 200,
+                        seed: int = 0, weight_decays=PROBE_WEIGHT_DECAYS) -> float:
+    """The weight decay :func:`train_linear_probe` would choose, without its final fit."""
+    return _decay_path(_standardised(train_x)[0], train_y, num_classes, max_iter, seed, weight_decays)[0]
+
+
+def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, weight_decay: float,
+                     max_iter: int = 200) -> LinearProbe:
+    """One fit on all of train with a weight decay chosen already (no held-out part, nothing to choose)."""
+    xs, mean, std = _standardised(train_x)
+    w, b = _fit_softmax(xs, torch.as_tensor(train_y, dtype=torch.int64), num_classes, weight_decay, max_iter)
+    return LinearProbe(w, b, mean, std, weight_decay, {})
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from crlf.errors import UsageError
-from crlf.evaluate import train_linear_probe
+from crlf.evaluate import choose_weight_decay, fit_linear_probe
 
 FOLDS = 5
 
@@ -32,18 +32,19 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, num_classes: int, fo
                               max_iter: int = 100, progress: bool = False) -> np.ndarray:
     """Softmax probabilities ``(N, C)`` of each row of ``x`` ``(N, D)`` from the linear probe fitted on the
     other ``folds - 1`` folds (stratified). The weight decay is chosen once, on a held-out part of all
-    labels (the probe's own rule), and reused for every fold: five searches would cost five times as much."""
+    labels (the probe's own rule), and each fold is one fit with it: five searches would cost five times as
+    much (39 -> 28 s on 51,670 x 512 on 2 cores, BENCHMARKS.md, issue 27)."""
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(y, minlength=num_classes)
     folds = int(min(folds, counts[counts > 0].min()))
     if folds < 2:
         raise UsageError("every class needs at least 2 labelled images for out-of-fold probabilities.")
-    decay = train_linear_probe(x, y, num_classes, max_iter=max_iter, seed=seed).weight_decay
+    decay = choose_weight_decay(x, y, num_classes, max_iter=max_iter, seed=seed)
     probs = np.zeros((len(x), num_classes), dtype=np.float32)
     splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
     for fit, held in tqdm(list(splits), desc="out-of-fold probe", unit="fold", disable=not progress, leave=False):
-        probe = train_linear_probe(x[fit], y[fit], num_classes, max_iter=max_iter, seed=seed, weight_decays=(decay,))
+        probe = fit_linear_probe(x[fit], y[fit], num_classes, decay, max_iter=max_iter)
         probs[held] = probe.logits(x[held]).softmax(1).numpy()  # (h, C)
     return probs
 
