@@ -220,6 +220,46 @@ def judge(result_path: Path, same_picture: list[int]) -> dict:
     return dup["judged"]
 
 
+# Issue 19's robust Mahalanobis distance of the embeddings: no longer part of crlf's outlier score (issue 27:
+# leave-one-set-out chose the score without it), kept here as the benchmarks' point of comparison.
+TRIM = 0.10  # share of the most distant images left out of each refit of the mean and covariance
+TRIM_ROUNDS = 3
+EIGEN_FLOOR = 0.1  # covariance eigenvalues are floored at this share of their mean
+FIT_SAMPLE = 100_000  # rows the mean and covariance are fitted on (a seeded sample of a larger set)
+
+
+def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(D,)`` and whitening matrix ``(D, D)`` (eigenvectors over the square roots of the floored
+    eigenvalues) of the rows ``x`` ``(n, D)``."""
+    mean = x.mean(0)
+    cov = np.atleast_2d(np.cov(x - mean, rowvar=False))  # (D, D)
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    eigenvalues = np.maximum(eigenvalues, EIGEN_FLOOR * max(eigenvalues.mean(), 1e-12))
+    return mean, eigenvectors / np.sqrt(eigenvalues)
+
+
+def _distance(x: np.ndarray, mean: np.ndarray, whiten: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance ``(n,)`` of rows ``x`` ``(n, D)``."""
+    return np.linalg.norm((np.asarray(x, dtype=np.float64) - mean) @ whiten, axis=1)
+
+
+def mahalanobis_score(embeddings: np.ndarray, seed: int = 0, chunk: int = 65_536) -> np.ndarray:
+    """Robust Mahalanobis distance ``(N,)`` of each row of ``embeddings`` ``(N, D)`` (memory-mapped is fine:
+    read in chunks) from the main mass of the data."""
+    n = len(embeddings)
+    if n < 3:  # no spread to measure against
+        return np.zeros(n, dtype=np.float32)
+    rows = np.arange(n) if n <= FIT_SAMPLE else np.sort(np.random.default_rng(seed).choice(n, FIT_SAMPLE, replace=False))
+    sample = np.asarray(embeddings[rows], dtype=np.float64)  # (n_fit, D)
+    inliers = np.ones(len(sample), dtype=bool)
+    for _ in range(TRIM_ROUNDS + 1):
+        mean, whiten = _fit(sample[inliers])
+        distance = _distance(sample, mean, whiten)
+        inliers = distance <= np.quantile(distance, 1.0 - TRIM)
+    return np.concatenate([_distance(embeddings[s:s + chunk], mean, whiten)
+                           for s in range(0, n, chunk)]).astype(np.float32)
+
+
 def auroc(files: list[str], score: dict[str, float], positives: set[str], negatives: set[str]) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -228,7 +268,7 @@ def auroc(files: list[str], score: dict[str, float], positives: set[str], negati
 
 
 def score_outliers(out: Path, files: list[str], x: np.ndarray, g, truth: dict) -> dict:
-    from crlf.curate.outliers import angle_score, local_score, mahalanobis_score, robust_z
+    from crlf.curate.outliers import angle_score, local_score, robust_z
 
     score = {r["file"]: float(r["score"]) for r in read_csv(out / "outliers.csv")}
     lone, cluster = set(truth["lone"]), set(truth["cluster"])

@@ -69,7 +69,9 @@ def outlier_candidates(x: np.ndarray, sims: np.ndarray, pixels: dict[str, np.nda
     """Every candidate score ``(N,)``; ``sims`` ``(N, 20)``: neighbour similarities, most similar first;
     ``pixels``: :func:`pixel_variants`. (A wide neighbourhood, the mean similarity to the nearest 1-5 % of
     the folder, scored no better than 20 neighbours on batches: dropped.)"""
-    from crlf.curate.outliers import angle_score, local_score, mahalanobis_score, robust_z
+    from curate import mahalanobis_score
+
+    from crlf.curate.outliers import angle_score, local_score, robust_z
 
     mahal = robust_z(mahalanobis_score(x))  # the robust fit of issue 19 (trimmed, eigenvalues floored)
     global_before = robust_z(mahal + robust_z(angle_score(x)))

@@ -20,9 +20,9 @@ So the score is the largest of:
 
 The combination and its margins were chosen leave-one-set-out over fourteen planted sets and two encoders
 (bench/curate_loso.py; BENCHMARKS.md, "Curation on folders it was not tuned on"): this maximum on 13 of the
-14 held-out sets. A robust Mahalanobis distance of the embeddings (:func:`mahalanobis_score`, issue 19's
-global score) is no longer part of it: on the log scale of the pixel score it put the photographs' own
-tail first (50k-blank, weak encoder: first page 0.86 -> 0.00 of the planted blank frames). A max rather
+14 held-out sets. A robust Mahalanobis distance of the embeddings (issue 19's global score, kept for the
+benchmarks in bench/curate.py) is no longer part of it: on the log scale of the pixel score it put the
+photographs' own tail first (50k-blank, weak encoder: first page 0.86 -> 0.00 of the planted blank frames). A max rather
 than a sum: one extreme view is enough, and a view in which junk looks ordinary cannot dilute it.
 """
 
@@ -32,11 +32,7 @@ import numpy as np
 
 from crlf.curate import FLAG_Z
 
-TRIM = 0.10  # share of the most distant images left out of each refit of the mean and covariance
-TRIM_ROUNDS = 3
-EIGEN_FLOOR = 0.1  # covariance eigenvalues are floored at this share of their mean
-FIT_SAMPLE = 100_000  # rows the mean and covariance are fitted on (a seeded sample of a larger set)
-LOCAL_MARGIN = 3.0  # robust z-units by which the local score must exceed the global one to count
+LOCAL_MARGIN = 3.0  # robust z-units taken off the local score: it counts only where far beyond the angle's
 PIXEL_MARGIN = 0.0  # the pixel score counts from 0 more robust z-units: bench/curate_loso.py (0, 2, 4, 8)
 
 
@@ -49,38 +45,6 @@ def typicality(sims: np.ndarray) -> np.ndarray:
 def local_score(sims: np.ndarray) -> np.ndarray:
     """Mean cosine distance to the ``k`` nearest neighbours ``(N,)``."""
     return 1.0 - sims.mean(1)
-
-
-def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``(D,)`` and whitening matrix ``(D, D)`` (eigenvectors over the square roots of the floored
-    eigenvalues) of the rows ``x`` ``(n, D)``."""
-    mean = x.mean(0)
-    cov = np.atleast_2d(np.cov(x - mean, rowvar=False))  # (D, D)
-    eigenvalues, eigenvectors = np.linalg.eigh(cov)
-    eigenvalues = np.maximum(eigenvalues, EIGEN_FLOOR * max(eigenvalues.mean(), 1e-12))
-    return mean, eigenvectors / np.sqrt(eigenvalues)
-
-
-def _distance(x: np.ndarray, mean: np.ndarray, whiten: np.ndarray) -> np.ndarray:
-    """Mahalanobis distance ``(n,)`` of rows ``x`` ``(n, D)``."""
-    return np.linalg.norm((np.asarray(x, dtype=np.float64) - mean) @ whiten, axis=1)
-
-
-def mahalanobis_score(embeddings: np.ndarray, seed: int = 0, chunk: int = 65_536) -> np.ndarray:
-    """Robust Mahalanobis distance ``(N,)`` of each row of ``embeddings`` ``(N, D)`` (memory-mapped is fine:
-    read in chunks) from the main mass of the data."""
-    n = len(embeddings)
-    if n < 3:  # no spread to measure against
-        return np.zeros(n, dtype=np.float32)
-    rows = np.arange(n) if n <= FIT_SAMPLE else np.sort(np.random.default_rng(seed).choice(n, FIT_SAMPLE, replace=False))
-    sample = np.asarray(embeddings[rows], dtype=np.float64)  # (n_fit, D)
-    inliers = np.ones(len(sample), dtype=bool)
-    for _ in range(TRIM_ROUNDS + 1):
-        mean, whiten = _fit(sample[inliers])
-        distance = _distance(sample, mean, whiten)
-        inliers = distance <= np.quantile(distance, 1.0 - TRIM)
-    return np.concatenate([_distance(embeddings[s:s + chunk], mean, whiten)
-                           for s in range(0, n, chunk)]).astype(np.float32)
 
 
 def angle_score(embeddings: np.ndarray, chunk: int = 65_536) -> np.ndarray:
