@@ -132,7 +132,7 @@ def pixel_score(images, seed: int = 0) -> np.ndarray:
     """How unusual each image's pixels are ``(N,)``, in robust z-units: the larger of the logarithm of the
     :func:`statistics_distance` of its first five :func:`image_statistics` and its blur ratio.
 
-    The logarithm, because the distance of ordinary photographs is heavy-tailed (1 % of CIFAR-10 beyond 8
+    The logarithm, because the distance of ordinary photographs is heavy-tailed (1.5 % of CIFAR-10 beyond 8
     robust z-units): on its own scale it hid a blur ratio that no ordinary image reached (10k-blurred: first
     page 0.07 -> 0.98 of the planted, bench/curate_loso.py)."""
     stats = image_statistics(images)  # (N, 6)
