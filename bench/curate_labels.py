@@ -63,7 +63,7 @@ def probs(args) -> None:
     from crlf.curate.label_issues import out_of_fold_probabilities
 
     torch.set_num_threads(args.threads)
-    for k, spec in enumerate(SETS):
+    for spec in SETS:
         folder = args.cache / spec.name
         if (args.sets and spec.name not in args.sets) or not (folder / f"{args.encoder}.npy").is_file():
             continue
@@ -82,6 +82,145 @@ def probs(args) -> None:
                   f"accuracy {(p.argmax(1) == given).mean():.3f}", flush=True)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Candidates: how many to flag (an estimate of the wrong labels) and in which order
+
+
+def anchor_estimate(probs: np.ndarray, y: np.ndarray, quantile: float) -> int:
+    """Wrong labels estimated from anchor images (Patrini et al., CVPR 2017): the image at the ``quantile`` of
+    p_k is taken to be surely of class k, so 1 - p_k there is the share of k's images given another label."""
+    prior = np.bincount(y, minlength=probs.shape[1]) / len(y)  # (C,)
+    anchor = np.quantile(probs, quantile, axis=0, method="lower")  # (C,)
+    return int(round(len(y) * float((prior * (1.0 - anchor)).sum())))
+
+
+def margin_order(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The order before issue 27's third session: confident learning's off-diagonal rows on which another class is
+    more probable, the lowest normalised margin (p of the given class minus the highest other) first."""
+    from crlf.curate.label_issues import confident_class
+
+    rows_all = np.arange(len(y))
+    others = probs.copy()
+    others[rows_all, y] = -1.0
+    m = probs[rows_all, y] - others.max(1)  # (N,)
+    confident = confident_class(probs, y)
+    rows = np.flatnonzero((m < 0) & (confident >= 0) & (confident != y))
+    return rows[np.argsort(m[rows], kind="stable")]
+
+
+def estimates(probs: np.ndarray, y: np.ndarray) -> dict[str, int]:
+    from crlf.curate.label_issues import estimated_issue_count
+
+    out = {"cl": estimated_issue_count(probs, y), "cap10": int(np.ceil(0.1 * len(y)))}
+    for q in (0.95, 0.97, 0.99, 0.995, 0.999, 1.0):
+        out[f"anchor{q}"] = anchor_estimate(probs, y, q)
+    return out
+
+
+FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+def candidates(probs: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    from crlf.curate.label_issues import estimated_issue_count, find_label_issues, rank_by_self_confidence
+
+    orders = {"margin": margin_order(probs, y), "self": rank_by_self_confidence(probs, y)}
+    cl = estimated_issue_count(probs, y)
+    out = {"shipped": find_label_issues(probs, y).rows,  # the CL count, capped, by self-confidence
+           "before": orders["margin"][: min(cl, int(np.ceil(0.1 * len(y))))]}  # the same count by margin
+    for ename, count in estimates(probs, y).items():
+        for f in FACTORS:
+            for oname, order in orders.items():
+                out[f"{oname}:{ename}x{f}"] = order[: int(round(f * count))]
+    return out
+
+
+def goals(m: dict) -> bool:
+    """Issue 27's label goals on one case (only where the probe's cross-validated accuracy is >= 0.55)."""
+    if m["wrong"] == 0:
+        return m["flagged"] <= 0.01 * m["scored"]  # a clean folder: hardly any flags
+    return (m["precision"] >= 3 * m["planted_rate"] and m["recall"] >= 0.5 and m["flagged"] <= 2 * m["wrong"])
+
+
+def case_metrics(flagged: np.ndarray, scored: np.ndarray, wrong: np.ndarray) -> dict:
+    f = np.zeros(len(scored), bool)
+    f[flagged] = True
+    hits = int((f & wrong).sum())
+    return {"flagged": int(f.sum()), "wrong": int(wrong.sum()), "scored": int(scored.sum()),
+            "precision": hits / max(int((f & scored).sum()), 1), "recall": hits / max(int(wrong.sum()), 1),
+            "planted_rate": float(wrong.sum() / scored.sum())}
+
+
+def score(args) -> dict:
+    """Per (set, noise): probe accuracy and every candidate's metrics. ``uniform5`` is the set as built."""
+    cases = {}
+    for spec in SETS:
+        folder = args.cache / spec.name
+        if args.sets and spec.name not in args.sets:
+            continue
+        s = load_set(args.cache, spec.name)
+        for noise in ("uniform5", *NOISE):
+            pfile = folder / (f"{args.encoder}.probs.npy" if noise == "uniform5" else f"{args.encoder}.probs.{noise}.npy")
+            if not pfile.is_file():
+                continue
+            y = s["labels"] if noise == "uniform5" else np.load(folder / f"labels.{noise}.npy")
+            p = np.load(pfile)
+            true = _true(s["truth"], len(y))  # (N,) -1 for junk, which has no true class
+            scored, wrong = true >= 0, (true >= 0) & (y != true)
+            cases[(spec.name, noise)] = {
+                "accuracy": float((p.argmax(1) == y).mean()), "estimates": estimates(p, y),
+                "metrics": {c: case_metrics(rows, scored, wrong) for c, rows in candidates(p, y).items()}}
+    return cases
+
+
+def _true(truth: dict, n: int) -> np.ndarray:
+    true = np.full(n, -1)
+    true[: truth["clean"]] = truth["true_label"]
+    for src, copy in truth["copies"]:
+        true[copy] = true[src]
+    return true
+
+
+def report(args) -> None:
+    """Each candidate chosen leave-one-noise-out: on the cases of every other noise variant (probe >= 0.55), the
+    one meeting the goals most often (ties: the higher mean F1), reported on the held-out variant's cases."""
+    cases = score(args)
+    judged = {k: v for k, v in cases.items() if v["accuracy"] >= 0.55}
+    names = list(next(iter(cases.values()))["metrics"])
+    noises = sorted({n for _, n in judged})
+
+    def f1(m):
+        return 2 * m["precision"] * m["recall"] / max(m["precision"] + m["recall"], 1e-9)
+
+    def merit(c, keys):
+        ms = [judged[k]["metrics"][c] for k in keys]
+        return (sum(goals(m) for m in ms), float(np.mean([f1(m) for m in ms])) if ms else 0.0)
+
+    lines, chosen = [], {}
+    for held in noises:
+        train = [k for k in judged if k[1] != held]
+        best = max(names, key=lambda c: merit(c, train))
+        chosen[held] = best
+        for k in sorted(k for k in judged if k[1] == held):
+            for c in dict.fromkeys([best, "shipped", "before"]):
+                m = judged[k]["metrics"][c]
+                lines.append((goals(m), f"{k[1]:10s} {k[0]:16s} probe {judged[k]['accuracy']:.3f} {c:24s} flagged "
+                              f"{m['flagged']:5d} of {m['wrong']:5d} wrong ({m['flagged'] / max(m['wrong'], 1):.2f}x) "
+                              f"precision {m['precision']:.3f} ({m['precision'] / max(m['planted_rate'], 1e-9):.1f}x "
+                              f"rate) recall {m['recall']:.3f} {'met' if goals(m) else 'MISSED'}"))
+    for held, c in chosen.items():
+        print(f"held out {held}: chose {c}")
+    for c in dict.fromkeys([*chosen.values(), "shipped", "before"]):
+        met = sum(goals(v["metrics"][c]) for v in judged.values())
+        print(f"{c}: goals met on {met} of {len(judged)} cases with probe >= 0.55 (all noise variants)")
+    for _, line in sorted(lines, key=lambda t: t[0]):  # the missed cases first
+        print(line)
+    weak = sorted(k for k in cases if k not in judged)
+    print(f"not judged (probe < 0.55): {len(weak)} cases")
+    if args.out:
+        args.out.write_text(json.dumps({"chosen": chosen, "cases": {f"{k[0]}/{k[1]}": v for k, v in cases.items()}},
+                                       indent=1))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("step", choices=["probs", "report"])
@@ -95,8 +234,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def report(args) -> None:
-    raise NotImplementedError
 
 
 if __name__ == "__main__":

@@ -139,17 +139,14 @@ def label_truth(truth: dict, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def label_candidates(probs: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    from crlf.curate.label_issues import (
-        class_thresholds,
-        estimated_issue_count,
-        find_label_issues,
-        rank_by_margin,
-    )
+    from curate_labels import margin_order
+
+    from crlf.curate.label_issues import class_thresholds, estimated_issue_count, find_label_issues
 
     above = probs >= class_thresholds(probs, y)[None, :]  # the rule before issue 27: confidently of another class
     confident = np.where(above, probs, -1.0).argmax(1)
     out = {"before": np.flatnonzero(above.any(1) & (confident != y))}
-    count, ranked = estimated_issue_count(probs, y), rank_by_margin(probs, y)
+    count, ranked = estimated_issue_count(probs, y), margin_order(probs, y)
     out["count_uncapped"] = ranked[:count]
     for cap in (0.05, 0.1, 0.2):
         out[f"count_cap{cap}"] = ranked[: min(count, int(cap * len(y)))]

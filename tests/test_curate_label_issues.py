@@ -1,4 +1,4 @@
-"""Label issues on constructed out-of-fold probabilities: the calibrated count, the margin order, the caps."""
+"""Label issues on constructed out-of-fold probabilities: the calibrated count, the self-confidence order, the caps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from crlf.curate.label_issues import (
     estimated_issue_count,
     find_label_issues,
     probe_cross_validated_accuracy,
-    rank_by_margin,
+    rank_by_self_confidence,
 )
 
 
@@ -34,14 +34,16 @@ def test_calibrated_count_is_the_number_of_wrong_labels():
     assert issues.estimated == 10 and not issues.too_weak
 
 
-def test_rows_are_ranked_by_margin_most_certain_first():
-    own = np.tile([0.8, 0.9, 0.99], 10)  # 30 clean rows, 15 of each class, never tied to a class mean
-    clean_y = np.repeat([0, 1], 15)
-    clean = np.where(clean_y[:, None] == np.arange(2)[None, :], own[:, None], 1 - own[:, None])
-    odd = np.array([[0.95, 0.05], [0.99, 0.01], [0.97, 0.03], [0.45, 0.55]])  # all given class 1
-    probs, y = np.concatenate([clean, odd]).astype(np.float32), np.concatenate([clean_y, [1, 1, 1, 1]])
-    # rows 30-32 are confidently of class 0 (margins -0.9, -0.98, -0.94); row 33 leans to its own class
-    assert rank_by_margin(probs, y).tolist() == [31, 32, 30]
+def test_rows_are_ranked_by_the_probability_of_their_given_class_lowest_first():
+    own = np.tile([0.8, 0.9, 0.99], 10)  # 30 clean rows, 10 of each of 3 classes, never tied to a class mean
+    clean_y = np.repeat([0, 1, 2], 10)
+    clean = np.where(clean_y[:, None] == np.arange(3)[None, :], own[:, None], (1 - own[:, None]) / 2)
+    odd = np.array([[0.95, 0.05, 0.0], [0.92, 0.03, 0.05], [0.3, 0.6, 0.1]])  # all given class 1
+    probs, y = np.concatenate([clean, odd]).astype(np.float32), np.concatenate([clean_y, [1, 1, 1]])
+    # rows 30 and 31 are confidently of class 0 (over its mean, 0.897). Row 31 gives its label 0.03 against row
+    # 30's 0.05, so it comes first, though its margin (0.03 - 0.92 = -0.89) is above row 30's (-0.90).
+    # Row 32 leans to its own class: not a candidate.
+    assert rank_by_self_confidence(probs, y).tolist() == [31, 30]
 
 
 def test_flags_never_pass_the_cap_whatever_the_estimate():
@@ -59,4 +61,4 @@ def test_a_probe_too_weak_to_tell_lists_only_its_most_confident_candidates():
     issues = find_label_issues(probs, y, min_accuracy=0.55, weak_share=0.01)
     assert issues.too_weak
     assert 0 < len(issues.rows) <= 4  # 1 % of 400
-    assert issues.rows.tolist() == rank_by_margin(probs, y)[: len(issues.rows)].tolist()
+    assert issues.rows.tolist() == rank_by_self_confidence(probs, y)[: len(issues.rows)].tolist()
