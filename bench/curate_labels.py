@@ -1,7 +1,8 @@
 """Label-issue counts on the planted sets at other noise rates and kinds (issue 27).
 
     python bench/curate_labels.py probs --encoder trained [--cache runs/curate_sets]
-    python bench/curate_labels.py report --encoder trained [--out bench/results/curate_labels.json]
+    python bench/curate_labels.py probs --encoder mid|strong   # synthetic stronger encoders, from trained.npy
+    python bench/curate_labels.py report [--encoders trained mid strong] [--verbose] [--out results.json]
 
 Every planted set of :mod:`bench.curate_sets` flips 5 % of its labels uniformly, so a label-issue count chosen on
 them cannot be told from a fixed share of the folder. Here the same images and embeddings are relabelled at
@@ -118,6 +119,22 @@ def anchor_estimate(probs: np.ndarray, y: np.ndarray, quantile: float) -> int:
     return int(round(len(y) * float((prior * (1.0 - anchor)).sum())))
 
 
+def temperature_scaled(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``probs`` ``(N, C)`` with the one temperature that makes them likeliest for the given labels ``y``
+    (Guo et al., ICML 2017): a probe that saturates on separable data is softened to its labels' noise."""
+    from scipy.optimize import minimize_scalar
+
+    logp = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float64)  # (N, C)
+
+    def scaled(log_t: float) -> np.ndarray:
+        z = logp / np.exp(log_t)
+        z -= z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))  # (N, C) log-probabilities
+
+    best = minimize_scalar(lambda t: -scaled(t)[np.arange(len(y)), y].mean(), bounds=(-3.0, 3.0), method="bounded")
+    return np.exp(scaled(best.x)).astype(np.float32)
+
+
 def margin_order(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The order before issue 27's third session: confident learning's off-diagonal rows on which another class is
     more probable, the lowest normalised margin (p of the given class minus the highest other) first."""
@@ -138,6 +155,10 @@ def estimates(probs: np.ndarray, y: np.ndarray) -> dict[str, int]:
     out = {"cl": estimated_issue_count(probs, y), "cap10": int(np.ceil(0.1 * len(y)))}
     for q in (0.95, 0.97, 0.99, 0.995, 0.999, 1.0):
         out[f"anchor{q}"] = anchor_estimate(probs, y, q)
+    soft = temperature_scaled(probs, y)
+    out["clT"] = estimated_issue_count(soft, y)
+    for q in (0.9, 0.95, 0.97, 0.99, 0.995, 0.999):
+        out[f"anchorT{q}"] = anchor_estimate(soft, y, q)
     return out
 
 
@@ -151,10 +172,20 @@ def candidates(probs: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     cl = estimated_issue_count(probs, y)
     out = {"shipped": find_label_issues(probs, y).rows,  # the CL count, capped, by self-confidence
            "before": orders["margin"][: min(cl, int(np.ceil(0.1 * len(y))))]}  # the same count by margin
-    for ename, count in estimates(probs, y).items():
+    est = estimates(probs, y)
+    for ename, count in est.items():
         for f in FACTORS:
             for oname, order in orders.items():
                 out[f"{oname}:{ename}x{f}"] = order[: int(round(f * count))]
+    from crlf.curate.label_issues import confident_class
+
+    confident = confident_class(probs, y)
+    off_diagonal = int(((confident >= 0) & (confident != y) & (probs.argmax(1) != y)).sum())
+    for share in (0.03, 0.05, 0.075, 0.1, 0.15):  # the CL count under a cap, as shipped, at other caps
+        out[f"self:min(cl,{share})"] = orders["self"][: min(est["cl"], int(np.ceil(share * len(y))))]
+        # ... and never more than the rows confident learning puts off the diagonal (as the margin order did)
+        out[f"self:min(cl,offdiag,{share})"] = orders["self"][: min(est["cl"], off_diagonal,
+                                                                    int(np.ceil(share * len(y))))]
     return out
 
 
@@ -175,24 +206,26 @@ def case_metrics(flagged: np.ndarray, scored: np.ndarray, wrong: np.ndarray) -> 
 
 
 def score(args) -> dict:
-    """Per (set, noise): probe accuracy and every candidate's metrics. ``uniform5`` is the set as built."""
+    """Per (set, noise, encoder): probe accuracy, the estimates and every candidate's metrics. ``uniform5`` is
+    the set as built."""
     cases = {}
     for spec in SETS:
         folder = args.cache / spec.name
         if args.sets and spec.name not in args.sets:
             continue
         s = load_set(args.cache, spec.name)
-        for noise in ("uniform5", *NOISE):
-            pfile = folder / (f"{args.encoder}.probs.npy" if noise == "uniform5" else f"{args.encoder}.probs.{noise}.npy")
-            if not pfile.is_file():
-                continue
-            y = s["labels"] if noise == "uniform5" else np.load(folder / f"labels.{noise}.npy")
-            p = np.load(pfile)
-            true = _true(s["truth"], len(y))  # (N,) -1 for junk, which has no true class
-            scored, wrong = true >= 0, (true >= 0) & (y != true)
-            cases[(spec.name, noise)] = {
-                "accuracy": float((p.argmax(1) == y).mean()), "estimates": estimates(p, y),
-                "metrics": {c: case_metrics(rows, scored, wrong) for c, rows in candidates(p, y).items()}}
+        for encoder in args.encoders:
+            for noise in ("uniform5", *NOISE):
+                pfile = folder / (f"{encoder}.probs.npy" if noise == "uniform5" else f"{encoder}.probs.{noise}.npy")
+                if not pfile.is_file():
+                    continue
+                y = s["labels"] if noise == "uniform5" else np.load(folder / f"labels.{noise}.npy")
+                p = np.load(pfile)
+                true = _true(s["truth"], len(y))  # (N,) -1 for junk, which has no true class
+                scored, wrong = true >= 0, (true >= 0) & (y != true)
+                cases[(spec.name, noise, encoder)] = {
+                    "accuracy": float((p.argmax(1) == y).mean()), "estimates": estimates(p, y),
+                    "metrics": {c: case_metrics(rows, scored, wrong) for c, rows in candidates(p, y).items()}}
     return cases
 
 
@@ -205,12 +238,12 @@ def _true(truth: dict, n: int) -> np.ndarray:
 
 
 def report(args) -> None:
-    """Each candidate chosen leave-one-noise-out: on the cases of every other noise variant (probe >= 0.55), the
-    one meeting the goals most often (ties: the higher mean F1), reported on the held-out variant's cases."""
+    """Each candidate chosen leave-one-out twice: on the cases of every other noise variant, and on those of
+    every other encoder (probe >= 0.55 only), the one meeting the goals most often (ties: the higher mean F1),
+    reported on the held-out cases."""
     cases = score(args)
     judged = {k: v for k, v in cases.items() if v["accuracy"] >= 0.55}
     names = list(next(iter(cases.values()))["metrics"])
-    noises = sorted({n for _, n in judged})
 
     def f1(m):
         return 2 * m["precision"] * m["recall"] / max(m["precision"] + m["recall"], 1e-9)
@@ -219,37 +252,49 @@ def report(args) -> None:
         ms = [judged[k]["metrics"][c] for k in keys]
         return (sum(goals(m) for m in ms), float(np.mean([f1(m) for m in ms])) if ms else 0.0)
 
-    lines, chosen = [], {}
-    for held in noises:
-        train = [k for k in judged if k[1] != held]
-        best = max(names, key=lambda c: merit(c, train))
-        chosen[held] = best
-        for k in sorted(k for k in judged if k[1] == held):
-            for c in dict.fromkeys([best, "shipped", "before"]):
-                m = judged[k]["metrics"][c]
-                lines.append((goals(m), f"{k[1]:10s} {k[0]:16s} probe {judged[k]['accuracy']:.3f} {c:24s} flagged "
-                              f"{m['flagged']:5d} of {m['wrong']:5d} wrong ({m['flagged'] / max(m['wrong'], 1):.2f}x) "
-                              f"precision {m['precision']:.3f} ({m['precision'] / max(m['planted_rate'], 1e-9):.1f}x "
-                              f"rate) recall {m['recall']:.3f} {'met' if goals(m) else 'MISSED'}"))
-    for held, c in chosen.items():
-        print(f"held out {held}: chose {c}")
-    for c in dict.fromkeys([*chosen.values(), "shipped", "before"]):
+    out = {}
+    for axis, position in (("noise", 1), ("encoder", 2)):
+        lines, chosen, held_met = [], {}, 0
+        for held in sorted({k[position] for k in judged}):
+            best = max(names, key=lambda c: merit(c, [k for k in judged if k[position] != held]))
+            chosen[held] = best
+            for k in sorted(k for k in judged if k[position] == held):
+                held_met += goals(judged[k]["metrics"][best])
+                for c in dict.fromkeys([best, "shipped", "before"]):
+                    m = judged[k]["metrics"][c]
+                    lines.append((goals(m), f"{k[2]:8s} {k[1]:10s} {k[0]:16s} probe {judged[k]['accuracy']:.3f} "
+                                  f"{c:22s} flagged {m['flagged']:5d} of {m['wrong']:5d} wrong "
+                                  f"({m['flagged'] / max(m['wrong'], 1):5.2f}x) precision {m['precision']:.3f} "
+                                  f"({m['precision'] / max(m['planted_rate'], 1e-9):4.1f}x rate) recall "
+                                  f"{m['recall']:.3f} {'met' if goals(m) else 'MISSED'}"))
+        print(f"== leave one {axis} out: goals met on {held_met} of {len(judged)} held-out cases")
+        for held, c in chosen.items():
+            print(f"held out {held}: chose {c}")
+        if args.verbose:
+            for _, line in sorted(lines, key=lambda t: t[0]):  # the missed cases first
+                print(line)
+        out[axis] = chosen
+    print("== every judged case (probe >= 0.55)")
+    for c in dict.fromkeys([*out["noise"].values(), *out["encoder"].values(), "shipped", "before"]):
         met = sum(goals(v["metrics"][c]) for v in judged.values())
-        print(f"{c}: goals met on {met} of {len(judged)} cases with probe >= 0.55 (all noise variants)")
-    for _, line in sorted(lines, key=lambda t: t[0]):  # the missed cases first
-        print(line)
-    weak = sorted(k for k in cases if k not in judged)
-    print(f"not judged (probe < 0.55): {len(weak)} cases")
-    if args.out:
-        args.out.write_text(json.dumps({"chosen": chosen, "cases": {f"{k[0]}/{k[1]}": v for k, v in cases.items()}},
-                                       indent=1))
+        per = ", ".join(f"{e} {sum(goals(v['metrics'][c]) for k, v in judged.items() if k[2] == e)}/"
+                        f"{sum(k[2] == e for k in judged)}" for e in args.encoders)
+        print(f"{c}: goals met on {met} of {len(judged)} ({per})")
+    print(f"not judged (probe < 0.55): {len(cases) - len(judged)} cases")
+    if args.out:  # the estimates, and the metrics of the rules named above only (all of them: ~10 MB)
+        named = {"shipped", "before", *out["noise"].values(), *out["encoder"].values()}
+        slim = {"/".join(k): {**v, "metrics": {c: m for c, m in v["metrics"].items() if c in named}}
+                for k, v in cases.items()}
+        args.out.write_text(json.dumps({"chosen": out, "cases": slim}, indent=1))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("step", choices=["probs", "report"])
     p.add_argument("--cache", type=Path, default=CACHE)
-    p.add_argument("--encoder", default="trained")
+    p.add_argument("--encoder", default="trained", help="with probs: the encoder (trained, weak, mid, strong)")
+    p.add_argument("--encoders", nargs="*", default=["trained", *SYNTHETIC], help="with report")
+    p.add_argument("--verbose", action="store_true", help="with report: every held-out case")
     p.add_argument("--sets", nargs="*", default=[], help="only these sets (default: all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path)

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from crlf.cli import main
+from crlf.curate.command import over_cap_note
 from crlf.curate.duplicates import (
     anchored_groups,
     candidate_pairs,
@@ -300,6 +301,12 @@ def test_curate_finds_the_planted_duplicates_and_keeps_one_of_each(curated):
     members = sorted(sorted(f for f, _ in g) for g in groups.values())
     assert members == [["grass/03.png", "grass/03_copy.jpg"], ["sea/05.png", "sea/05_exact.png"]]
     assert all(sum(k == "true" for _, k in g) == 1 for g in groups.values())
+
+
+def test_a_count_past_the_cap_is_said_not_to_be_an_estimate():
+    note = over_cap_note(3_801, 10_000, 1_000)
+    assert "3,801 of 10,000 labels (38%)" in note and "only the 1,000 it is surest of" in note
+    assert "not an estimate" in note
 
 
 def test_curate_lists_every_image_once_in_outlier_order(curated):

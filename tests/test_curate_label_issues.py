@@ -31,7 +31,7 @@ def test_calibrated_count_is_the_number_of_wrong_labels():
     issues = find_label_issues(probs, y)
     assert sorted(issues.rows.tolist()) == list(range(90, 100))
     assert (issues.given == 1).all() and (issues.suggested == 0).all()
-    assert issues.estimated == 10 and not issues.too_weak
+    assert issues.estimated == 10 and not issues.too_weak and not issues.over_cap
 
 
 def test_rows_are_ranked_by_the_probability_of_their_given_class_lowest_first():
@@ -51,6 +51,17 @@ def test_flags_never_pass_the_cap_whatever_the_estimate():
     issues = find_label_issues(probs, y, max_share=0.1)
     assert estimated_issue_count(probs, y) > 10
     assert len(issues.rows) == 10
+    assert issues.over_cap  # the page then says the count is not an estimate
+
+
+def test_flags_never_pass_the_rows_confidently_of_another_class():
+    # given 0: ten rows sure of class 0. Given 1: five sure of 1, four the probe doubts (p1 = 0.6, under class
+    # 1's mean 0.74, and p0 = 0.4, under class 0's 0.9: no confident class) and one sure of class 0 (row 19).
+    # Calibration scales given-1's confident counts [1, 5] up to its 10 rows: [1.67, 8.33], so the count is 2.
+    p_of_0 = np.r_[np.full(10, 0.9), np.full(5, 0.01), np.full(4, 0.4), 0.95]
+    probs, y = np.stack([p_of_0, 1 - p_of_0], 1).astype(np.float32), np.repeat([0, 1], 10)
+    assert estimated_issue_count(probs, y) == 2
+    assert find_label_issues(probs, y).rows.tolist() == [19]
 
 
 def test_a_probe_too_weak_to_tell_lists_only_its_most_confident_candidates():

@@ -15,7 +15,7 @@ import numpy as np
 from crlf.curate import COPY_FLAG_Z
 from crlf.curate.duplicates import DUP_THRESHOLD, EDGE_THRESHOLD, PIXEL_THRESHOLD, find_duplicates
 from crlf.curate.graph import knn_graph, unit
-from crlf.curate.label_issues import MIN_ACCURACY, find_label_issues, out_of_fold_probabilities
+from crlf.curate.label_issues import MAX_SHARE, MIN_ACCURACY, find_label_issues, out_of_fold_probabilities
 from crlf.curate.outliers import flagged_outliers, outlier_scores, typicality
 from crlf.curate.page import render
 from crlf.curate.select import check_budget, select
@@ -189,9 +189,12 @@ def curate_embeddings(x: np.ndarray, images, files: list[str], labels: np.ndarra
                       [(files[r], g, s, f"{c:.4f}") for r, g, s, c in issues])
             summary["label_issues"] = {"labelled": len(labelled), "flagged": len(issues),
                                        "estimated_wrong": found.estimated, "too_weak_to_tell": found.too_weak,
+                                       "estimate_over_cap": found.over_cap,
                                        "cross_validated_accuracy": round(found.accuracy, 4)}
             if found.too_weak:
                 notes.append(weak_probe_note(found.accuracy, len(issues)))
+            elif found.over_cap:
+                notes.append(over_cap_note(found.estimated, len(labelled), len(issues)))
             times["label_issues_s"] = time.perf_counter() - t
     elif len(classes) == 1:
         notes.append("Label issues not checked: the data has a single class.")
@@ -205,6 +208,13 @@ def weak_probe_note(accuracy: float, listed: int) -> str:
     return (f"Label issues: the encoder is too weak to tell wrong labels apart (the probe's cross-validated "
             f"accuracy is {accuracy:.1%}, under {MIN_ACCURACY:.0%}); only the {listed} most confident candidates "
             f"are listed. A better-trained encoder (a longer crlf pretrain) gives a list that means something.")
+
+
+def over_cap_note(estimated: int, labelled: int, listed: int) -> str:
+    return (f"Label issues: the probe doubts {estimated:,} of {labelled:,} labels ({estimated / labelled:.0%}), "
+            f"more than the {MAX_SHARE:.0%} it may flag. A probe this unsure counts its own mistakes as wrong "
+            f"labels, so that number is not an estimate of them: only the {listed:,} it is surest of are listed, "
+            f"the surest first. A better-trained encoder gives a count that means something.")
 
 
 def gallery_groups(groups, limit: int) -> list[list[tuple[int, bool, float]]]:
@@ -228,7 +238,8 @@ def _cards(summary: dict) -> list[tuple[str, str]]:
         li = summary["label_issues"]
         cards += [("label issues" + (" (encoder too weak to tell: most confident only)" if li["too_weak_to_tell"]
                                      else ""), str(li["flagged"])),
-                  ("wrong labels, estimated", str(li["estimated_wrong"])),
+                  ("wrong labels, estimated", f"not estimable (probe doubts {li['estimated_wrong']:,})"
+                   if li.get("estimate_over_cap") and not li["too_weak_to_tell"] else str(li["estimated_wrong"])),
                   ("probe accuracy (cross-validated)", f"{li['cross_validated_accuracy']:.1%}")]
     cards.append(("total time", f"{summary['times_s']['total_s']:.0f} s"))
     return cards
