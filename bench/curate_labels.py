@@ -166,12 +166,21 @@ FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 def candidates(probs: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    from crlf.curate.label_issues import estimated_issue_count, find_label_issues, rank_by_self_confidence
+    from crlf.curate.label_issues import (
+        MAX_SHARE,
+        MIN_ACCURACY,
+        WEAK_SHARE,
+        estimated_issue_count,
+        find_label_issues,
+        rank_by_self_confidence,
+    )
 
     orders = {"margin": margin_order(probs, y), "self": rank_by_self_confidence(probs, y)}
     cl = estimated_issue_count(probs, y)
+    weak = (probs.argmax(1) == y).mean() < MIN_ACCURACY  # too weak to tell: the 1 % most confident only
+    old_cap = int(np.ceil((WEAK_SHARE if weak else MAX_SHARE) * len(y)))
     out = {"shipped": find_label_issues(probs, y).rows,  # the CL count, capped, by self-confidence
-           "before": orders["margin"][: min(cl, int(np.ceil(0.1 * len(y))))]}  # the same count by margin
+           "before": orders["margin"][: min(cl, old_cap)]}  # the rule before: the same count by margin
     est = estimates(probs, y)
     for ename, count in est.items():
         for f in FACTORS:
@@ -280,7 +289,12 @@ def report(args) -> None:
         per = ", ".join(f"{e} {sum(goals(v['metrics'][c]) for k, v in judged.items() if k[2] == e)}/"
                         f"{sum(k[2] == e for k in judged)}" for e in args.encoders)
         print(f"{c}: goals met on {met} of {len(judged)} ({per})")
-    print(f"not judged (probe < 0.55): {len(cases) - len(judged)} cases")
+    weak = [v["metrics"] for k, v in cases.items() if k not in judged and v["metrics"]["shipped"]["wrong"]]
+    print(f"not judged (probe < 0.55): {len(cases) - len(judged)} cases. The 1 % listed on the {len(weak)} noisy ones: "
+          f"precision {np.mean([m['shipped']['precision'] for m in weak]):.3f} (before "
+          f"{np.mean([m['before']['precision'] for m in weak]):.3f}), higher on "
+          f"{sum(m['shipped']['precision'] > m['before']['precision'] for m in weak)}, lower on "
+          f"{sum(m['shipped']['precision'] < m['before']['precision'] for m in weak)}")
     if args.out:  # the estimates, and the metrics of the rules named above only (all of them: ~10 MB)
         named = {"shipped", "before", *out["noise"].values(), *out["encoder"].values()}
         slim = {"/".join(k): {**v, "metrics": {c: m for c, m in v["metrics"].items() if c in named}}
