@@ -55,14 +55,17 @@ def pixel_variants(images) -> dict[str, np.ndarray]:
     """The pixel-statistics scores ``(N,)`` in robust z-units: ``pixel`` as shipped before the third session
     (the five statistics' robust distance), ``pixel_log`` (its logarithm), ``pixel_blur`` (the shipped
     :func:`crlf.curate.outliers.pixel_score`: the larger of that and the blur ratio), ``pixel_blur_grey``
-    (also the lack of colour, log saturation, one-sided)."""
+    (also the lack of colour, log saturation, one-sided), ``pixel_blur_noise-m`` (also the blur ratio's low
+    side, less m: fourth session, designed on 5k-noisy, tested on 5k-speckle and 3k-grain)."""
     from crlf.curate.outliers import BLUR, image_statistics, pixel_score, robust_z, statistics_distance
 
     stats = image_statistics(images)
     distance = statistics_distance(stats[:, :BLUR])
     shipped = pixel_score(images)
+    noise = -robust_z(stats[:, BLUR])  # the blur ratio's other side: near 1 for noise, ~1.6 for a photograph
     return {"pixel": robust_z(distance), "pixel_log": robust_z(np.log(distance + 1e-6)), "pixel_blur": shipped,
-            "pixel_blur_grey": np.maximum(shipped, robust_z(-np.log1p(stats[:, 0])))}
+            "pixel_blur_grey": np.maximum(shipped, robust_z(-np.log1p(stats[:, 0]))),
+            **{f"pixel_blur_noise-{m}": np.maximum(shipped, noise - m) for m in (0, 1, 2)}}
 
 
 def outlier_candidates(x: np.ndarray, sims: np.ndarray, pixels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -3,10 +3,19 @@ junk, lone oddities, small folders."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from crlf.curate.graph import knn_graph, unit
-from crlf.curate.outliers import flagged_outliers, image_statistics, outlier_scores, pixel_score
+from crlf.curate.outliers import (
+    BLUR_MIN_SPREAD,
+    flagged_outliers,
+    image_statistics,
+    outlier_scores,
+    pixel_score,
+    robust_z,
+)
 from crlf.curate.select import select
 
 from helpers_curate import COLOURS, smooth_image
@@ -46,6 +55,47 @@ def test_the_blur_ratio_is_one_for_noise_two_for_an_even_ramp_and_singles_out_a_
     blurred = np.asarray(Image.fromarray(sharp[7].transpose(1, 2, 0)).filter(ImageFilter.GaussianBlur(3)))
     score = pixel_score(np.concatenate([sharp, blurred.transpose(2, 0, 1)[None]]))
     assert score.argmax() == 300 and score[300] > np.sort(score)[-2] + 2.0
+
+
+def textured(n: int, seed: int) -> np.ndarray:
+    """``(n, 3, 32, 32)`` uint8 images with structure at 4 px over a random colour, of varied contrast: their
+    edge energy varies as photographs' does, and their blur ratio sits near 2."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        field = rng.normal(0, 1, (8, 8, 3))
+        small = ((field - field.min()) / np.ptp(field) * 255).astype(np.uint8)
+        up = np.asarray(Image.fromarray(small).resize((32, 32), Image.Resampling.BICUBIC), dtype=float)
+        out.append(np.clip(rng.uniform(60, 200, 3) + (up - 128) * rng.uniform(0.3, 1.2), 0, 255).astype(np.uint8))
+    return np.stack(out).transpose(0, 3, 1, 2).copy()
+
+
+def test_the_low_side_of_the_blur_ratio_singles_out_a_noisy_photo():
+    images = textured(300, seed=6)
+    # one image under a mild grey grain (sigma 6): its edge energy stays within the others' (the five
+    # statistics alone put it at 3.1 robust z-units, next to the most unusual clean image's 2.7), but its
+    # blur ratio drops from ~2 to ~1.5
+    grain = np.random.default_rng(7).normal(0, 6, (32, 32))[None]
+    noisy = np.clip(images[11].astype(np.float32) + grain, 0, 255).astype(np.uint8)
+    folder = np.concatenate([images, noisy[None]])
+    ratios = image_statistics(folder)[:, 5]
+    assert ratios[300] < ratios[:300].min() - 0.2
+    score = pixel_score(folder)
+    assert score.argmax() == 300 and score[300] > np.sort(score)[-2] + 3.0
+
+
+def test_a_re_encoded_copy_in_a_folder_of_alike_images_is_not_unusual_for_its_blur_ratio():
+    from PIL import Image
+
+    images = photos(60, seed=8)  # smooth fields, blur ratios within ~0.01 of each other
+    buffer = io.BytesIO()
+    Image.fromarray(images[5].transpose(1, 2, 0)).save(buffer, "JPEG", quality=85)
+    copy = np.asarray(Image.open(buffer).convert("RGB")).transpose(2, 0, 1)
+    ratios = image_statistics(np.concatenate([images, copy[None]]))[:, 5]
+    assert abs(ratios[60] - np.median(ratios[:60])) < 0.1  # a change of the order of the JPEG's, no more
+    assert np.abs(robust_z(ratios, BLUR_MIN_SPREAD))[60] < 2.0
 
 
 def batch_folder(seed: int = 0):
