@@ -21,11 +21,12 @@ So the score is the largest of:
 
 The combination and its margins were chosen leave-one-set-out over sixteen planted sets and two encoders
 (bench/curate_loso.py; BENCHMARKS.md, "Curation on folders it was not tuned on"): this maximum (or the same
-without the neighbour term, which ties it on every set) on 15 of the 16 held-out sets, the pixel score alone
-when 4k-vehicles is held out. A robust Mahalanobis distance of the embeddings (issue 19's global score, kept for the
-benchmarks in bench/curate.py) is no longer part of it: on the log scale of the pixel score it put the
-photographs' own tail first (50k-blank, weak encoder: first page 0.86 -> 0.00 of the planted blank frames). A max rather
-than a sum: one extreme view is enough, and a view in which junk looks ordinary cannot dilute it.
+without the neighbour term, which ties it on every set) on 15 of the 16 held-out sets, the pixel score
+alone when 4k-vehicles is held out. A robust Mahalanobis distance of the embeddings (issue 19's global score,
+kept for the benchmarks in bench/curate.py) is no longer part of it: on the log scale of the pixel score it
+put the photographs' own tail first (50k-blank, weak encoder: first page 0.86 -> 0.00 of the planted blank
+frames). A max rather than a sum: one extreme view is enough, and a view in which junk looks ordinary cannot
+dilute it.
 """
 
 from __future__ import annotations
@@ -85,9 +86,9 @@ def flagged_outliers(score: np.ndarray, min_share: float = 0.01, flag_z: float =
     return np.union1d(top, np.flatnonzero(score >= flag_z))
 
 
-# The blur ratio's spread is never taken under this: re-encoding one image as JPEG moves its ratio by about
-# 0.05, which in a folder of near-identical smooth renders would otherwise read as 8 robust z-units (and keep
-# the copy from being found). Photographs spread more (1.4826 MAD 0.075-0.087 on the sixteen planted sets of
+# The blur ratio's spread is never taken under this: re-encoding one image as JPEG moved its ratio by 0.035-0.05
+# in the tests' folders of near-identical smooth images, which would otherwise read as 3.7-8 robust z-units
+# (and, past COPY_FLAG_Z, keep the copy from being found). Photographs spread more (1.4826 MAD 0.075-0.087 on the sixteen planted sets of
 # CIFAR-10), so it changes nothing there.
 BLUR_MIN_SPREAD = 0.05
 STATS_FIT_SAMPLE = 5_000  # images the robust covariance of the pixel statistics is fitted on
@@ -116,7 +117,7 @@ def image_statistics(images, chunk: int = 4096) -> np.ndarray:
         bins = np.clip((flat_grey // 16).astype(np.int64), 0, 15)
         mode = np.array([np.bincount(b, minlength=16).argmax() for b in bins]) * 16.0 + 8.0  # (c,)
         flat = (np.abs(flat_grey - mode[:, None]) <= 8).mean(1)
-        blur = step2 / (step1 + 1e-3)  # the 1e-3 keeps a flat frame (0 / 0) at 0: flatness is the other columns' job
+        blur = step2 / (step1 + 1e-3)  # the 1e-3 keeps a flat frame (0 / 0) at 0, far on the ratio's low side
         out.append(np.stack([saturation, np.log1p(step1), flat, grey.mean((1, 2)), grey.std((1, 2)), blur], 1))
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, BLUR + 1), np.float32)
 
