@@ -26,7 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
-from curate_sets import CACHE, SETS, load_set  # noqa: E402
+from curate_sets import CACHE, SETS, load_set, true_labels  # noqa: E402
 
 # name: (share of the clean images whose label is wrong, kind); "uniform": any other class, "pair": class k + 1
 NOISE = {
@@ -89,7 +89,7 @@ def probs(args) -> None:
         s = load_set(args.cache, spec.name)
         if args.encoder in SYNTHETIC and not (folder / f"{args.encoder}.npy").is_file():
             np.save(folder / f"{args.encoder}.npy", synthetic_embeddings(
-                np.load(folder / "trained.npy"), _true(s["truth"], len(s["labels"])), SYNTHETIC[args.encoder]))
+                np.load(folder / "trained.npy"), true_labels(s["truth"], len(s["labels"])), SYNTHETIC[args.encoder]))
         if not (folder / f"{args.encoder}.probs.npy").is_file():  # the set as built: 5 % uniform
             np.save(folder / f"{args.encoder}.probs.npy", out_of_fold_probabilities(
                 np.load(folder / f"{args.encoder}.npy"), s["labels"], int(s["labels"].max()) + 1, seed=0))
@@ -217,6 +217,9 @@ def case_metrics(flagged: np.ndarray, scored: np.ndarray, wrong: np.ndarray) -> 
 def score(args) -> dict:
     """Per (set, noise, encoder): probe accuracy, the estimates and every candidate's metrics. ``uniform5`` is
     the set as built."""
+    # curate_loso imports this module's orders, so its truth is imported here, not on top
+    from curate_loso import label_truth
+
     cases = {}
     for spec in SETS:
         folder = args.cache / spec.name
@@ -230,20 +233,11 @@ def score(args) -> dict:
                     continue
                 y = s["labels"] if noise == "uniform5" else np.load(folder / f"labels.{noise}.npy")
                 p = np.load(pfile)
-                true = _true(s["truth"], len(y))  # (N,) -1 for junk, which has no true class
-                scored, wrong = true >= 0, (true >= 0) & (y != true)
+                scored, wrong = label_truth(s["truth"], y)
                 cases[(spec.name, noise, encoder)] = {
                     "accuracy": float((p.argmax(1) == y).mean()), "estimates": estimates(p, y),
                     "metrics": {c: case_metrics(rows, scored, wrong) for c, rows in candidates(p, y).items()}}
     return cases
-
-
-def _true(truth: dict, n: int) -> np.ndarray:
-    true = np.full(n, -1)
-    true[: truth["clean"]] = truth["true_label"]
-    for src, copy in truth["copies"]:
-        true[copy] = true[src]
-    return true
 
 
 def report(args) -> None:

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from curate_sets import CACHE, SETS, load_set  # noqa: E402
+from curate_sets import CACHE, SETS, load_set, true_labels  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------
 # Outliers
@@ -132,11 +132,7 @@ def outlier_objective(m: dict) -> float:
 
 def label_truth(truth: dict, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(scored rows: clean images and copies, junk left out; wrong: the given label is not the true one)."""
-    n = len(labels)
-    true = np.full(n, -1)
-    true[: truth["clean"]] = truth["true_label"]
-    for src, copy in truth["copies"]:
-        true[copy] = true[src]
+    true = true_labels(truth, len(labels))
     scored = true >= 0
     return scored, scored & (labels != true)
 

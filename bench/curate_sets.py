@@ -231,6 +231,16 @@ def build_set(spec: SetSpec, train, test) -> tuple[np.ndarray, np.ndarray, dict]
     return np.stack(images).transpose(0, 3, 1, 2).copy(), np.asarray(out_labels, dtype=np.int64), truth
 
 
+def true_labels(truth: dict, n: int) -> np.ndarray:
+    """The true class of each of a built set's ``n`` rows ``(n,)``: the clean images', a copy's source's, and -1
+    for junk, which has none."""
+    true = np.full(n, -1)
+    true[: truth["clean"]] = truth["true_label"]
+    for src, copy in truth["copies"]:
+        true[copy] = true[src]
+    return true
+
+
 def load_set(cache: Path, name: str, encoder: str | None = None) -> dict:
     """A built set: images, labels, truth; with ``encoder``, its embeddings and out-of-fold probabilities."""
     folder = cache / name

@@ -239,7 +239,7 @@ def _cards(summary: dict) -> list[tuple[str, str]]:
         cards += [("label issues" + (" (encoder too weak to tell: most confident only)" if li["too_weak_to_tell"]
                                      else ""), str(li["flagged"])),
                   ("wrong labels, estimated", f"not estimable (probe doubts {li['estimated_wrong']:,})"
-                   if li.get("estimate_over_cap") and not li["too_weak_to_tell"] else str(li["estimated_wrong"])),
+                   if li["estimate_over_cap"] and not li["too_weak_to_tell"] else str(li["estimated_wrong"])),
                   ("probe accuracy (cross-validated)", f"{li['cross_validated_accuracy']:.1%}")]
     cards.append(("total time", f"{summary['times_s']['total_s']:.0f} s"))
     return cards

@@ -135,7 +135,7 @@ class LabelIssues:
     estimated: int  # confident learning's estimate of how many labels are wrong
     accuracy: float  # the probe's cross-validated accuracy
     too_weak: bool  # accuracy under MIN_ACCURACY: only the most confident candidates are listed
-    over_cap: bool = False  # the estimate passed the cap: it counts the probe's own doubt, not only wrong labels
+    over_cap: bool  # the estimate passed the cap: it counts the probe's own doubt, not only wrong labels
 
 
 def find_label_issues(probs: np.ndarray, y: np.ndarray, max_share: float = MAX_SHARE,
@@ -157,4 +157,4 @@ def find_label_issues(probs: np.ndarray, y: np.ndarray, max_share: float = MAX_S
     rows = rank_by_self_confidence(probs, y)[:min(estimated, off_diagonal, cap)]
     other = most_probable_other(probs[rows], y[rows])
     return LabelIssues(rows, y[rows], other, probs[rows, other], estimated, accuracy, too_weak,
-                       over_cap=estimated > int(np.ceil(max_share * len(y))))
+                       estimated > int(np.ceil(max_share * len(y))))
